@@ -1,0 +1,282 @@
+// Package policy owns the one decision of the relay: which From and envelope sender a
+// message leaves with, and why (SPEC §4). It is a pure function of its input, the
+// configuration and the answers of an Authorizer; it never performs I/O except through that
+// Authorizer, never logs, and knows nothing of SMTP.
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"golang.org/x/net/idna"
+
+	"relay/internal/config"
+)
+
+// Reason says why the effective From is what it is.
+type Reason string
+
+const (
+	AllowedDomain  Reason = "allowed-domain"
+	UnitDomain     Reason = "unit-domain"
+	SPFPass        Reason = "spf-pass"
+	DKIMDelegated  Reason = "dkim-delegated"
+	FallbackUnit   Reason = "fallback-unit"
+	FallbackGlobal Reason = "fallback-global"
+)
+
+// Check is one live authorization result. Temporary is set for DNS timeouts and
+// SERVFAILs (SPF temperror): the answer may differ if asked again later.
+type Check struct {
+	OK        bool
+	Temporary bool
+	Detail    string // e.g. "spf softfail for 203.0.113.10", "dkim delegated via CNAME"
+}
+
+// Authorizer runs the live checks of SPEC §4 for a domain (lower-case A-label).
+// Implementations cache; policy calls them only when the lists did not decide.
+type Authorizer interface {
+	SPF(ctx context.Context, domain string) Check
+	Delegated(ctx context.Context, domain string) Check
+}
+
+// Input is what the session knows about one message.
+type Input struct {
+	Unit     string // business unit name, "" for none
+	From     string // header From address, "" when the message has none
+	Envelope string // MAIL FROM address, "" for the null sender <>
+}
+
+// Decision is the effective sender of one message.
+type Decision struct {
+	Unit string // the unit that applied, "" for none
+
+	FromOriginal string // the candidate address (header From, else envelope, else "")
+	From         string // the effective From address
+	Rewritten    bool   // From differs from the candidate
+	Reason       Reason
+	Detail       string
+
+	Envelope          string // effective MAIL FROM, "" for <>
+	EnvelopeRewritten bool
+	EnvelopeDetail    string
+
+	// DKIMDomain is the d= the message should be signed with (SPEC §6); Delegated tells
+	// the signer to use the default key for it.
+	DKIMDomain string
+	Delegated  bool
+}
+
+// UnknownUnitError is returned for a unit name the configuration does not define.
+type UnknownUnitError struct{ Unit string }
+
+func (e *UnknownUnitError) Error() string { return fmt.Sprintf("unknown business unit %q", e.Unit) }
+
+// SMTPReply lets the front end answer 550 5.7.1 naming the unit.
+func (e *UnknownUnitError) SMTPReply() (int, [3]int, string) {
+	return 550, [3]int{5, 7, 1}, e.Error()
+}
+
+// DeferError is returned when a live check failed temporarily and [spf] on_temperror is
+// "defer": the client should retry later rather than have its From rewritten.
+type DeferError struct{ Detail string }
+
+func (e *DeferError) Error() string { return "sender authorization deferred: " + e.Detail }
+
+func (e *DeferError) SMTPReply() (int, [3]int, string) {
+	return 451, [3]int{4, 4, 3}, "temporary DNS failure checking the sender, try again later"
+}
+
+// ErrNoAuthorizer is returned when live checks are enabled but no Authorizer was given.
+var ErrNoAuthorizer = errors.New("policy: live checks enabled without an authorizer")
+
+// Decide returns the effective sender for in under cfg. auth may be nil when neither SPF
+// nor delegation checks are enabled.
+func Decide(ctx context.Context, cfg *config.Config, auth Authorizer, in Input) (Decision, error) {
+	var unit *config.Unit
+	if in.Unit != "" {
+		for i := range cfg.Units {
+			if strings.EqualFold(cfg.Units[i].Name, in.Unit) {
+				unit = &cfg.Units[i]
+				break
+			}
+		}
+		if unit == nil {
+			return Decision{}, &UnknownUnitError{Unit: in.Unit}
+		}
+	}
+	if auth == nil && (cfg.SPF.Enabled || cfg.DKIM.DelegationCheck) {
+		return Decision{}, ErrNoAuthorizer
+	}
+	d := Decision{}
+	if unit != nil {
+		d.Unit = unit.Name
+	}
+	fallback, fallbackReason := cfg.Sender.Fallback, FallbackGlobal
+	if unit != nil && unit.Fallback != "" {
+		fallback, fallbackReason = unit.Fallback, FallbackUnit
+	}
+
+	// SPEC §7: no From header makes the envelope sender the candidate.
+	d.FromOriginal = in.From
+	if d.FromOriginal == "" {
+		d.FromOriginal = in.Envelope
+	}
+	deferred := ""
+	if d.FromOriginal == "" {
+		d.From, d.Rewritten, d.Reason, d.Detail = fallback, true, fallbackReason, "no From header and null envelope sender"
+	} else {
+		v := judge(ctx, cfg, auth, unit, d.FromOriginal, true)
+		if v.ok {
+			d.From, d.Reason, d.Detail = d.FromOriginal, v.reason, v.detail
+			d.Delegated = v.reason == DKIMDelegated
+		} else {
+			d.From, d.Rewritten, d.Reason, d.Detail = fallback, true, fallbackReason, v.detail
+			if v.temporary {
+				deferred = v.detail
+			}
+		}
+	}
+
+	// The envelope is judged by the lists and SPF only: a DKIM key says nothing about who
+	// may use an address in MAIL FROM.
+	if in.Envelope != "" {
+		v := judge(ctx, cfg, auth, unit, in.Envelope, false)
+		d.EnvelopeDetail = v.detail
+		if v.ok {
+			d.Envelope = in.Envelope
+		} else {
+			d.Envelope, d.EnvelopeRewritten = bounceAddress(cfg, unit, fallback), true
+			if v.temporary && deferred == "" {
+				deferred = v.detail
+			}
+		}
+	}
+	if deferred != "" && cfg.SPF.OnTempError == "defer" {
+		return Decision{}, &DeferError{Detail: deferred}
+	}
+
+	d.DKIMDomain = dkimDomain(cfg, d)
+	return d, nil
+}
+
+func bounceAddress(cfg *config.Config, unit *config.Unit, fallback string) string {
+	if unit != nil && unit.BounceAddress != "" {
+		return unit.BounceAddress
+	}
+	if cfg.Sender.BounceAddress != "" {
+		return cfg.Sender.BounceAddress
+	}
+	return fallback
+}
+
+// dkimDomain applies SPEC §6: the effective From domain when it has its own key or
+// publishes ours; else [dkim] domain (which config defaults to the fallback's domain).
+func dkimDomain(cfg *config.Config, d Decision) string {
+	dom := Domain(d.From)
+	for _, k := range cfg.DKIM.Keys {
+		if strings.EqualFold(k.Domain, dom) {
+			return dom
+		}
+	}
+	if d.Delegated {
+		return dom
+	}
+	if cfg.DKIM.Domain != "" {
+		return cfg.DKIM.Domain
+	}
+	return Domain(cfg.Sender.Fallback)
+}
+
+type verdict struct {
+	ok        bool
+	temporary bool
+	reason    Reason
+	detail    string
+}
+
+func judge(ctx context.Context, cfg *config.Config, auth Authorizer, unit *config.Unit, addr string, delegation bool) verdict {
+	dom := Domain(addr)
+	if dom == "" {
+		return verdict{detail: fmt.Sprintf("%q: no domain", addr)}
+	}
+	if Match(cfg.Sender.Domains, dom) {
+		return verdict{ok: true, reason: AllowedDomain, detail: dom + ": listed in [sender] allowed_domains"}
+	}
+	if unit != nil && Match(unit.Domains, dom) {
+		return verdict{ok: true, reason: UnitDomain, detail: dom + ": listed in unit " + unit.Name}
+	}
+	why := []string{"not listed"}
+	temporary := false
+	if cfg.SPF.Enabled {
+		c := auth.SPF(ctx, dom)
+		if c.OK {
+			return verdict{ok: true, reason: SPFPass, detail: dom + ": " + c.Detail}
+		}
+		why = append(why, c.Detail)
+		temporary = temporary || c.Temporary
+	}
+	if delegation && cfg.DKIM.DelegationCheck {
+		c := auth.Delegated(ctx, dom)
+		if c.OK {
+			return verdict{ok: true, reason: DKIMDelegated, detail: dom + ": " + c.Detail}
+		}
+		why = append(why, c.Detail)
+		temporary = temporary || c.Temporary
+	}
+	return verdict{temporary: temporary, detail: dom + ": " + strings.Join(why, "; ")}
+}
+
+// Domain returns the lower-case A-label domain of addr, or "" when it has none or the
+// domain is not valid IDNA.
+func Domain(addr string) string {
+	i := strings.LastIndexByte(addr, '@')
+	if i < 0 {
+		return ""
+	}
+	d, err := NormalizeDomain(addr[i+1:])
+	if err != nil {
+		return ""
+	}
+	return d
+}
+
+var idnaProfile = idna.New(idna.MapForLookup(), idna.Transitional(false), idna.StrictDomainName(false))
+
+// NormalizeDomain lower-cases d and converts it to its A-label (punycode) form, dropping a
+// final dot. Config uses it for allowed_domains so both sides compare alike.
+func NormalizeDomain(d string) (string, error) {
+	d = strings.TrimSuffix(strings.TrimSpace(d), ".")
+	ascii := true
+	for i := 0; i < len(d); i++ {
+		if d[i] >= 0x80 {
+			ascii = false
+			break
+		}
+	}
+	if ascii {
+		return strings.ToLower(d), nil
+	}
+	a, err := idnaProfile.ToASCII(d)
+	if err != nil {
+		return "", fmt.Errorf("domain %q: %w", d, err)
+	}
+	return strings.ToLower(a), nil
+}
+
+// Match reports whether domain (normalised) is in patterns (normalised): an exact entry,
+// or "*.parent" for any subdomain of parent, not parent itself.
+func Match(patterns []string, domain string) bool {
+	for _, p := range patterns {
+		if rest, ok := strings.CutPrefix(p, "*."); ok {
+			if strings.HasSuffix(domain, "."+rest) {
+				return true
+			}
+		} else if p == domain {
+			return true
+		}
+	}
+	return false
+}
