@@ -1,6 +1,8 @@
 package config
 
 import (
+	"crypto"
+	"crypto/tls"
 	"fmt"
 	"net/netip"
 	"time"
@@ -28,6 +30,10 @@ type Config struct {
 	// relative paths (keys, spool, outbox) are resolved.
 	Path string `toml:"-"`
 	Dir  string `toml:"-"`
+
+	// Warnings are findings that do not stop the relay (an RSA key under 2048 bits, a
+	// world-readable password file): `relay check` prints them, serve logs them.
+	Warnings []string `toml:"-"`
 }
 
 type SMTP struct {
@@ -47,6 +53,10 @@ type SMTP struct {
 	Networks     []netip.Prefix `toml:"-"` // parsed AllowNetworks
 	ProxyFrom    []netip.Prefix `toml:"-"` // parsed ProxyProtocolFrom
 	NetworkLimit Rate           `toml:"-"` // parsed RatePerNetwork (zero: unlimited)
+
+	// Certificate is TLSCert/TLSKey loaded at Load time (nil without them), so a bad file
+	// is refused before the relay starts, and a SIGHUP reload swaps it with the rest.
+	Certificate *tls.Certificate `toml:"-"`
 }
 
 type User struct {
@@ -102,12 +112,16 @@ type DKIM struct {
 	DelegationCheck bool      `toml:"delegation_check"`
 	Headers         []string  `toml:"headers"`
 	Keys            []DKIMKey `toml:"keys"`
+
+	Signer crypto.Signer `toml:"-"` // PrivateKey loaded (RSA or Ed25519)
 }
 
 type DKIMKey struct {
 	Domain     string `toml:"domain"`
 	Selector   string `toml:"selector"`
 	PrivateKey string `toml:"private_key"`
+
+	Signer crypto.Signer `toml:"-"` // PrivateKey loaded (RSA or Ed25519)
 }
 
 type Upstream struct {

@@ -40,15 +40,25 @@ func New(t testing.TB, zone string) *Server {
 	if err := s.Load(zone); err != nil {
 		t.Fatalf("dnstest: zone: %v", err)
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("dnstest: listen udp: %v", err)
-	}
-	port := pc.LocalAddr().(*net.UDPAddr).Port
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-	if err != nil {
+	// UDP and TCP must share one port; the kernel picks the UDP one, and another test may
+	// hold the same TCP port, so try a few.
+	var pc net.PacketConn
+	var ln net.Listener
+	for try := 0; ; try++ {
+		var err error
+		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("dnstest: listen udp: %v", err)
+		}
+		port := pc.LocalAddr().(*net.UDPAddr).Port
+		ln, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			break
+		}
 		pc.Close()
-		t.Fatalf("dnstest: listen tcp on udp port %d: %v", port, err)
+		if try == 20 {
+			t.Fatalf("dnstest: listen tcp on udp port %d: %v", port, err)
+		}
 	}
 	s.Addr = pc.LocalAddr().String()
 	s.udp = &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(s.serveUDP)}

@@ -10,8 +10,6 @@ import (
 	"fmt"
 	"strings"
 
-	"golang.org/x/net/idna"
-
 	"relay/internal/config"
 )
 
@@ -243,28 +241,9 @@ func Domain(addr string) string {
 	return d
 }
 
-var idnaProfile = idna.New(idna.MapForLookup(), idna.Transitional(false), idna.StrictDomainName(false))
-
 // NormalizeDomain lower-cases d and converts it to its A-label (punycode) form, dropping a
-// final dot. Config uses it for allowed_domains so both sides compare alike.
-func NormalizeDomain(d string) (string, error) {
-	d = strings.TrimSuffix(strings.TrimSpace(d), ".")
-	ascii := true
-	for i := 0; i < len(d); i++ {
-		if d[i] >= 0x80 {
-			ascii = false
-			break
-		}
-	}
-	if ascii {
-		return strings.ToLower(d), nil
-	}
-	a, err := idnaProfile.ToASCII(d)
-	if err != nil {
-		return "", fmt.Errorf("domain %q: %w", d, err)
-	}
-	return strings.ToLower(a), nil
-}
+// final dot; it is config.NormalizeDomain, which the allowed lists were normalised with.
+func NormalizeDomain(d string) (string, error) { return config.NormalizeDomain(d) }
 
 // Match reports whether domain (normalised) is in patterns (normalised): an exact entry,
 // or "*.parent" for any subdomain of parent, not parent itself.

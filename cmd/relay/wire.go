@@ -1,0 +1,70 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"relay/internal/config"
+	"relay/internal/dnsx"
+	"relay/internal/pipeline"
+	"relay/internal/signer"
+)
+
+// load reads the configuration, printing every problem to w on failure.
+func load(path string, w io.Writer) (*config.Config, bool) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintf(w, "relay: %s: configuration is invalid:\n%v\n", path, err)
+		return nil, false
+	}
+	return cfg, true
+}
+
+// newState loads the keys and builds the live-check authorizer for cfg. prev, when not
+// nil, is the running state: its authorizer (and so its DNS cache) is kept across a reload.
+func newState(cfg *config.Config, prev *pipeline.State) (*pipeline.State, error) {
+	sg, err := signer.New(cfg.DKIM)
+	if err != nil {
+		return nil, err
+	}
+	st := &pipeline.State{Config: cfg, Signer: sg}
+	if !cfg.SPF.Enabled && !cfg.DKIM.DelegationCheck {
+		return st, nil
+	}
+	if prev != nil {
+		if a, ok := prev.Auth.(*dnsx.Authorizer); ok && a != nil && sameDNS(prev.Config, cfg) {
+			a.Reload(cfg, sg.DefaultPublicKey())
+			st.Auth = a
+			return st, nil
+		}
+	}
+	r, err := dnsx.NewResolver(cfg.DNS.Servers, cfg.DNS.Timeout.Duration)
+	if err != nil {
+		return nil, fmt.Errorf("dns resolver: %w", err)
+	}
+	st.Auth = dnsx.NewAuthorizer(cfg, r, sg.DefaultPublicKey())
+	return st, nil
+}
+
+func sameDNS(a, b *config.Config) bool {
+	return strings.Join(a.DNS.Servers, ",") == strings.Join(b.DNS.Servers, ",") && a.DNS.Timeout == b.DNS.Timeout
+}
+
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	switch cfg.Log.Level {
+	case "debug":
+		lvl = slog.LevelDebug
+	case "warn":
+		lvl = slog.LevelWarn
+	case "error":
+		lvl = slog.LevelError
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

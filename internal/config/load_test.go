@@ -1,0 +1,813 @@
+package config_test
+
+import (
+	"crypto/ed25519"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/bcrypt"
+
+	"relay/internal/config"
+	"relay/internal/dkimkey"
+	"relay/internal/policy"
+)
+
+// root is the repository root, where config.example.toml and testdata/keys live.
+var root = func() string {
+	r, err := filepath.Abs("../..")
+	if err != nil {
+		panic(err)
+	}
+	return r
+}()
+
+// writeConfig writes text as a config file in a fresh directory; KEYS in it becomes the
+// directory of the repository's test keys.
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "relay.toml")
+	text = strings.ReplaceAll(text, "KEYS", filepath.Join(root, "testdata", "keys"))
+	require.NoError(t, os.WriteFile(path, []byte(text), 0o600))
+	return path
+}
+
+func problems(t *testing.T, err error) []config.Problem {
+	t.Helper()
+	var errs *config.Errors
+	require.True(t, errors.As(err, &errs), "error %v (%T) is not *config.Errors", err, err)
+	require.NotEmpty(t, errs.Problems)
+	return errs.Problems
+}
+
+// The example is the documentation: it must load as it is, from the repository root.
+func TestLoadExample(t *testing.T) {
+	c, err := config.Load(filepath.Join(root, "config.example.toml"))
+	require.NoError(t, err)
+
+	require.Equal(t, filepath.Join(root, "config.example.toml"), c.Path)
+	require.Equal(t, root, c.Dir)
+	require.Equal(t, "relay.example.net", c.Hostname)
+	require.Equal(t, "127.0.0.1:2525", c.SMTP.Listen)
+	require.Equal(t, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}, c.SMTP.Networks)
+	require.Nil(t, c.SMTP.Certificate)
+
+	require.Len(t, c.Users, 1)
+	require.Equal(t, "crm", c.Users[0].Name)
+	require.Equal(t, "sales", c.Users[0].Unit)
+	require.NoError(t, bcrypt.CompareHashAndPassword([]byte(c.Users[0].PasswordHash), []byte("crm-secret")),
+		"the example's comment says the hash is of crm-secret")
+	cost, err := bcrypt.Cost([]byte(c.Users[0].PasswordHash))
+	require.NoError(t, err)
+	require.Equal(t, 10, cost)
+
+	require.Equal(t, []string{"example.com", "*.example.com"}, c.Sender.Domains)
+	require.Equal(t, "noreply@example.net", c.Sender.Fallback)
+	require.Equal(t, "{name} via Example", c.Sender.DisplayName)
+	require.Len(t, c.Units, 1)
+	require.Equal(t, "sales", c.Units[0].Name)
+	require.Equal(t, "sales@example.com", c.Units[0].Fallback)
+
+	require.False(t, c.SPF.Enabled)
+	require.Equal(t, []netip.Addr{netip.MustParseAddr("203.0.113.10"), netip.MustParseAddr("2001:db8::10")}, c.SPF.IPs)
+	require.False(t, c.DKIM.DelegationCheck)
+
+	require.Equal(t, "default", c.DKIM.Selector)
+	require.Equal(t, "example.net", c.DKIM.Domain)
+	require.Equal(t, filepath.Join(root, "testdata/keys/default.pem"), c.DKIM.PrivateKey)
+	requireRSA(t, c.DKIM.Signer, 2048)
+	require.Len(t, c.DKIM.Keys, 2)
+	require.Equal(t, "example.com", c.DKIM.Keys[0].Domain)
+	require.Equal(t, "s2026", c.DKIM.Keys[0].Selector)
+	require.IsType(t, ed25519.PrivateKey{}, c.DKIM.Keys[0].Signer)
+	require.Equal(t, "example.com", c.DKIM.Keys[1].Domain)
+	require.Equal(t, "s2026r", c.DKIM.Keys[1].Selector)
+	requireRSA(t, c.DKIM.Keys[1].Signer, 2048)
+
+	require.Equal(t, "file:"+filepath.Join(root, "outbox"), c.Upstream.Address)
+	require.Equal(t, "none", c.Upstream.TLS)
+	require.Equal(t, "spool", c.Queue.Mode)
+	require.Equal(t, filepath.Join(root, "spool"), c.Queue.Dir)
+	require.Equal(t, "", c.HTTP.Listen)
+	require.Empty(t, c.Warnings)
+}
+
+func requireRSA(t *testing.T, k any, bits int) {
+	t.Helper()
+	r, ok := k.(*rsa.PrivateKey)
+	require.True(t, ok, "want an RSA key, got %T", k)
+	require.Equal(t, bits, r.N.BitLen())
+}
+
+// The example must name every key Config knows, in the order of the struct (SPEC §3).
+func TestExampleHasEveryKeyInOrder(t *testing.T) {
+	var v map[string]any
+	md, err := toml.DecodeFile(filepath.Join(root, "config.example.toml"), &v)
+	require.NoError(t, err)
+	var inFile []string
+	seen := map[string]bool{}
+	for _, k := range md.Keys() {
+		if s := k.String(); !seen[s] {
+			seen[s] = true
+			inFile = append(inFile, s)
+		}
+	}
+	var want []string
+	var walk func(t reflect.Type, prefix string)
+	walk = func(t reflect.Type, prefix string) {
+		for f := range t.Fields() {
+			tag := f.Tag.Get("toml")
+			if tag == "" || tag == "-" {
+				continue
+			}
+			key := tag
+			if prefix != "" {
+				key = prefix + "." + tag
+			}
+			want = append(want, key)
+			ft := f.Type
+			if ft.Kind() == reflect.Slice {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct && ft != reflect.TypeFor[config.Duration]() {
+				walk(ft, key)
+			}
+		}
+	}
+	walk(reflect.TypeFor[config.Config](), "")
+	require.Equal(t, want, inFile)
+}
+
+// A file with only the required keys gets every SPEC §3 default.
+func TestDefaults(t *testing.T) {
+	dir := t.TempDir()
+	key, err := os.ReadFile(filepath.Join(root, "testdata/keys/default.pem"))
+	require.NoError(t, err)
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "keys"), 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "keys/default.pem"), key, 0o600))
+	path := filepath.Join(dir, "relay.toml")
+	require.NoError(t, os.WriteFile(path, []byte(`
+[sender]
+fallback = "noreply@Relay.Example.NET"
+[spf]
+sending_ips = ["203.0.113.10"]
+[dkim]
+private_key = "keys/default.pem"
+[upstream]
+address = "smtp.provider.net:587"
+`), 0o600))
+
+	c, err := config.Load(path)
+	require.NoError(t, err)
+	host, err := os.Hostname()
+	require.NoError(t, err)
+	dur := func(n time.Duration) config.Duration { return config.Duration{Duration: n} }
+
+	require.Equal(t, host, c.Hostname)
+	require.Equal(t, config.SMTP{
+		Listen:          "127.0.0.1:2525",
+		MaxMessageBytes: 26214400,
+		MaxRecipients:   100,
+		Timeout:         dur(5 * time.Minute),
+		AllowNetworks:   []string{"127.0.0.0/8", "::1/128"},
+		Networks:        []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
+		ProxyFrom:       []netip.Prefix{},
+	}, c.SMTP)
+	require.Empty(t, c.Users)
+	require.Equal(t, config.Sender{
+		Fallback:        "noreply@Relay.Example.NET",
+		DisplayName:     "{name}",
+		ReplyToOriginal: true,
+		OriginalHeader:  "X-Original-From",
+	}, c.Sender)
+	require.Empty(t, c.Units)
+	require.Equal(t, config.SPF{
+		Enabled:     true,
+		SendingIPs:  []string{"203.0.113.10"},
+		Timeout:     dur(5 * time.Second),
+		OnTempError: "fallback",
+		CacheMinTTL: dur(time.Minute),
+		CacheMaxTTL: dur(time.Hour),
+		IPs:         []netip.Addr{netip.MustParseAddr("203.0.113.10")},
+	}, c.SPF)
+	require.Equal(t, config.DNS{Timeout: dur(2 * time.Second)}, c.DNS)
+
+	require.Equal(t, "default", c.DKIM.Selector)
+	require.Equal(t, "relay.example.net", c.DKIM.Domain, "default: the fallback's domain, normalised")
+	require.True(t, c.DKIM.DelegationCheck)
+	require.Equal(t, filepath.Join(dir, "keys/default.pem"), c.DKIM.PrivateKey, "resolved against the file's directory")
+	require.NotNil(t, c.DKIM.Signer)
+	require.Equal(t, []string{"From", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID", "MIME-Version",
+		"Content-Type", "Content-Transfer-Encoding", "In-Reply-To", "References",
+		"List-Unsubscribe", "List-Unsubscribe-Post"}, c.DKIM.Headers)
+	require.Empty(t, c.DKIM.Keys)
+
+	require.Equal(t, config.Upstream{
+		Address:        "smtp.provider.net:587",
+		TLS:            "starttls",
+		MaxConnections: 8,
+		Timeout:        dur(time.Minute),
+	}, c.Upstream)
+	require.Equal(t, config.Queue{
+		Mode:     "spool",
+		Dir:      filepath.Join(dir, "spool"),
+		MaxAge:   dur(72 * time.Hour),
+		RetryMin: dur(30 * time.Second),
+		RetryMax: dur(30 * time.Minute),
+	}, c.Queue)
+	require.Equal(t, config.Doctor{}, c.Doctor)
+	require.Equal(t, config.HTTP{}, c.HTTP)
+	require.Equal(t, config.Log{Format: "text", Level: "info"}, c.Log)
+	require.Equal(t, path, c.Path)
+	require.Equal(t, dir, c.Dir)
+	require.Empty(t, c.Warnings)
+}
+
+// An explicit empty value is not the same as an absent key.
+func TestExplicitEmpty(t *testing.T) {
+	c, err := config.Load(writeConfig(t, `
+[smtp]
+allow_networks = []
+[sender]
+fallback = "noreply@example.net"
+display_name = ""
+original_header = ""
+[spf]
+enabled = false
+[dkim]
+private_key = "KEYS/default.pem"
+headers = []
+[upstream]
+address = "file:/tmp/outbox"
+`))
+	require.NoError(t, err)
+	require.Empty(t, c.SMTP.Networks, "allow_networks = [] means AUTH is always required")
+	require.Equal(t, "", c.Sender.DisplayName)
+	require.Equal(t, "", c.Sender.OriginalHeader)
+	require.Equal(t, "From", c.DKIM.Headers[0], "headers = [] is the default list (SPEC §3)")
+	require.Equal(t, "file:/tmp/outbox", c.Upstream.Address)
+}
+
+func TestDerivedFields(t *testing.T) {
+	c, err := config.Load(writeConfig(t, `
+[smtp]
+allow_networks = ["10.1.2.3/8", "192.0.2.7", "2001:db8::/32"]
+rate_per_network = "600/m"
+[[users]]
+name = "a"
+password_hash = "$2a$10$IfY12YzGpAiWSIkxkRPVVubQuOSIbFm2uNJITpGTMHNVgibia9a6a"
+rate = "5/s"
+[sender]
+allowed_domains = ["Example.COM.", "*.Bücher.example"]
+fallback = "noreply@example.net"
+[[units]]
+name = "x"
+allowed_domains = ["partner.example"]
+[spf]
+sending_ips = ["::ffff:203.0.113.10"]
+[dns]
+servers = ["127.0.0.1", "::1", "[::1]:5353", "192.0.2.1:53"]
+[dkim]
+private_key = "KEYS/default.pem"
+[[dkim.keys]]
+domain = "Example.COM"
+selector = "s1"
+private_key = "KEYS/example.com.rsa.pem"
+[upstream]
+address = "smtp.provider.net:587"
+`))
+	require.NoError(t, err)
+	require.Equal(t, []netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("2001:db8::/32"),
+	}, c.SMTP.Networks)
+	require.Equal(t, config.Rate{N: 600, Per: time.Minute}, c.SMTP.NetworkLimit)
+	require.Equal(t, config.Rate{N: 5, Per: time.Second}, c.Users[0].Limit)
+	require.Equal(t, []string{"example.com", "*.xn--bcher-kva.example"}, c.Sender.Domains)
+	require.Equal(t, []string{"partner.example"}, c.Units[0].Domains)
+	require.Equal(t, []netip.Addr{netip.MustParseAddr("203.0.113.10")}, c.SPF.IPs)
+	require.Equal(t, []string{"127.0.0.1:53", "[::1]:53", "[::1]:5353", "192.0.2.1:53"}, c.DNS.Servers)
+	require.Equal(t, "example.com", c.DKIM.Keys[0].Domain)
+	requireRSA(t, c.DKIM.Keys[0].Signer, 2048)
+}
+
+func TestUpstreamPassword(t *testing.T) {
+	base := `
+[sender]
+fallback = "noreply@example.net"
+[spf]
+enabled = false
+[dkim]
+private_key = "KEYS/default.pem"
+[upstream]
+address = "smtp.provider.net:587"
+username = "relay"
+`
+	t.Run("env", func(t *testing.T) {
+		t.Setenv("RELAY_TEST_PW", "env-secret-1")
+		c, err := config.Load(writeConfig(t, base+`password_env = "RELAY_TEST_PW"`))
+		require.NoError(t, err)
+		require.Equal(t, "env-secret-1", c.Upstream.Password)
+		var out strings.Builder
+		c.Summary(&out)
+		require.NotContains(t, out.String(), "env-secret-1")
+	})
+	t.Run("file", func(t *testing.T) {
+		path := writeConfig(t, base+`password_file = "pw"`)
+		pw := filepath.Join(filepath.Dir(path), "pw")
+		require.NoError(t, os.WriteFile(pw, []byte("file-secret-2\n"), 0o644))
+		c, err := config.Load(path)
+		require.NoError(t, err)
+		require.Equal(t, "file-secret-2", c.Upstream.Password, "the final newline is not part of it")
+		require.Equal(t, pw, c.Upstream.PasswordFile)
+		require.Len(t, c.Warnings, 1, "a world-readable password file is worth a warning")
+		var out strings.Builder
+		c.Summary(&out)
+		require.NotContains(t, out.String(), "file-secret-2")
+	})
+	t.Run("unset env", func(t *testing.T) {
+		_, err := config.Load(writeConfig(t, base+`password_env = "RELAY_TEST_SURELY_UNSET"`))
+		require.ErrorContains(t, err, "upstream.password_env: environment variable RELAY_TEST_SURELY_UNSET is not set")
+	})
+}
+
+// badCases each break one thing. The line marked "# <-" is where the problem must be
+// reported, under key.
+var badCases = []struct {
+	name string
+	key  string
+	msg  string // a part of the message
+	toml string
+}{
+	{"unknown top-level key", "hostnmae", `unknown key (did you mean "hostname"?)`, `
+hostnmae = "relay.example.net" # <-
+` + validRest},
+	{"unknown nested key", "smtp.listn", `unknown key (did you mean "listen"?)`, `
+[smtp]
+listn = ":25" # <-
+` + validRest},
+	{"unknown key in second array table", "users[1].pasword", "unknown key", `
+[[users]]
+name = "a"
+password_hash = "$2a$10$IfY12YzGpAiWSIkxkRPVVubQuOSIbFm2uNJITpGTMHNVgibia9a6a"
+[[users]]
+name = "b"
+password_hash = "$2a$10$IfY12YzGpAiWSIkxkRPVVubQuOSIbFm2uNJITpGTMHNVgibia9a6a"
+pasword = "x" # <-
+` + validRest},
+	{"unknown table", "smtpp", "unknown key", `
+[smtpp] # <-
+listen = ":25"
+` + validRest},
+	{"key in the wrong case", "smtp.Listen", `unknown key (did you mean "listen"?)`, `
+[smtp]
+Listen = ":25" # <-
+` + validRest},
+	{"wrong type", "smtp.max_recipients", `must be an integer, not a string ("100")`, `
+[smtp]
+max_recipients = "100" # <-
+` + validRest},
+	{"wrong type for a table", "upstream", "must be a table", `
+upstream = "smtp.provider.net:587" # <-
+[sender]
+fallback = "noreply@example.net"
+[spf]
+enabled = false
+[dkim]
+private_key = "KEYS/default.pem"
+`},
+	{"wrong element type", "sender.allowed_domains", "an array holding an integer", `
+[sender]
+allowed_domains = ["example.com", 5] # <-
+fallback = "noreply@example.net"
+` + validNoSender},
+	{"bad address", "sender.fallback", "not an email address", `
+[sender]
+fallback = "noreply.example.net" # <-
+` + validNoSender},
+	{"address with a display name", "units[0].fallback", "bare address", `
+[[units]]
+name = "sales"
+fallback = "Sales <sales@example.com>" # <-
+` + validRest},
+	{"bad bounce address", "sender.bounce_address", "not an email address", `
+[sender]
+fallback = "noreply@example.net"
+bounce_address = "bounces@exa mple.net" # <-
+` + validNoSender},
+	{"bad CIDR", "smtp.allow_networks[0]", "not a CIDR", `
+[smtp]
+allow_networks = ["10.0.0.0/33"] # <-
+` + validRest},
+	{"bad CIDR on its own line", "smtp.proxy_protocol_from[1]", "not a CIDR", `
+[smtp]
+proxy_protocol_from = [
+  "10.0.0.0/8",
+  "load-balancer", # <-
+]
+` + validRest},
+	{"bad duration", "smtp.timeout", "invalid duration", `
+[smtp]
+timeout = "5 minutes" # <-
+` + validRest},
+	{"duration as a number", "queue.max_age", "invalid duration", `
+[queue]
+max_age = 72 # <-
+` + validRest},
+	{"missing key file", "dkim.private_key", "does not exist", `
+[sender]
+fallback = "noreply@example.net"
+[spf]
+enabled = false
+[dkim]
+private_key = "KEYS/missing.pem" # <-
+[upstream]
+address = "file:./outbox"
+`},
+	{"missing key file of the second domain key", "dkim.keys[1].private_key", "does not exist", `
+[[dkim.keys]]
+domain = "example.com"
+selector = "a"
+private_key = "KEYS/example.com.rsa.pem"
+[[dkim.keys]]
+domain = "example.com"
+selector = "b"
+private_key = "KEYS/nope.pem" # <-
+` + validRest},
+	{"domain key without selector", "dkim.keys[0].selector", "required", `
+[[dkim.keys]] # <-
+domain = "example.com"
+private_key = "KEYS/example.com.rsa.pem"
+` + validRest},
+	{"not a key", "dkim.private_key", "cannot load", `
+[sender]
+fallback = "noreply@example.net"
+[spf]
+enabled = false
+[dkim]
+private_key = "KEYS/README.md" # <-
+[upstream]
+address = "file:./outbox"
+`},
+	{"bad enum", "upstream.tls", `"starttsl": want "starttls", "implicit", "opportunistic" or "none"`, `
+[sender]
+fallback = "noreply@example.net"
+[spf]
+enabled = false
+[dkim]
+private_key = "KEYS/default.pem"
+[upstream]
+address = "smtp.provider.net:587"
+tls = "starttsl" # <-
+`},
+	{"bad queue mode", "queue.mode", "want", `
+[queue]
+mode = "memory" # <-
+` + validRest},
+	{"bad log level", "log.level", "want", `
+[log]
+level = "verbose" # <-
+` + validRest},
+	{"missing fallback", "sender.fallback", "required", `
+[sender] # <-
+allowed_domains = ["example.com"]
+` + validNoSender},
+	{"user with unknown unit", "users[0].unit", `unknown unit "marketing"`, `
+[[users]]
+name = "crm"
+password_hash = "$2a$10$IfY12YzGpAiWSIkxkRPVVubQuOSIbFm2uNJITpGTMHNVgibia9a6a"
+unit = "marketing" # <-
+[[units]]
+name = "sales"
+` + validRest},
+	{"bad user rate", "users[0].rate", `"10/d": want`, `
+[[users]]
+name = "crm"
+password_hash = "$2a$10$IfY12YzGpAiWSIkxkRPVVubQuOSIbFm2uNJITpGTMHNVgibia9a6a"
+rate = "10/d" # <-
+` + validRest},
+	{"zero network rate", "smtp.rate_per_network", "N > 0", `
+[smtp]
+rate_per_network = "0/m" # <-
+` + validRest},
+	{"spf enabled without sending_ips", "spf.sending_ips", "required when spf.enabled", `
+[sender]
+fallback = "noreply@example.net"
+[spf] # <-
+timeout = "5s"
+[dkim]
+private_key = "KEYS/default.pem"
+[upstream]
+address = "file:./outbox"
+`},
+	{"bad sending ip", "spf.sending_ips[0]", "not an IP address", `
+[sender]
+fallback = "noreply@example.net"
+[spf]
+sending_ips = ["203.0.113.0/24"] # <-
+[dkim]
+private_key = "KEYS/default.pem"
+[upstream]
+address = "file:./outbox"
+`},
+	{"not a bcrypt hash", "users[0].password_hash", "not a bcrypt hash", `
+[[users]]
+name = "crm"
+password_hash = "hunter2" # <-
+` + validRest},
+	{"broken bcrypt hash", "users[0].password_hash", "not a valid bcrypt hash", `
+[[users]]
+name = "crm"
+password_hash = "$2a$10$short" # <-
+` + validRest},
+	{"duplicate user", "users[1].name", "defined twice", `
+[[users]]
+name = "crm"
+password_hash = "$2a$10$IfY12YzGpAiWSIkxkRPVVubQuOSIbFm2uNJITpGTMHNVgibia9a6a"
+[[users]]
+name = "CRM" # <-
+password_hash = "$2a$10$IfY12YzGpAiWSIkxkRPVVubQuOSIbFm2uNJITpGTMHNVgibia9a6a"
+` + validRest},
+	{"duplicate unit", "units[1].name", "defined twice", `
+[[units]]
+name = "sales"
+[[units]]
+name = "Sales" # <-
+` + validRest},
+	{"unit without name", "units[0].name", "required", `
+[[units]] # <-
+fallback = "sales@example.com"
+` + validRest},
+	{"wildcard inside a domain", "sender.allowed_domains[1]", `only allowed as a leading "*."`, `
+[sender]
+allowed_domains = [
+  "example.com",
+  "mail.*.example.com", # <-
+]
+fallback = "noreply@example.net"
+` + validNoSender},
+	{"tls_cert without tls_key", "smtp.tls_key", "required with tls_cert", `
+[smtp]
+tls_cert = "cert.pem" # <-
+` + validRest},
+	{"implicit TLS without a certificate", "smtp.implicit_tls_listen", "needs a certificate", `
+[smtp]
+implicit_tls_listen = ":465" # <-
+` + validRest},
+	{"unloadable certificate", "smtp.tls_cert", "cannot load", `
+[smtp]
+tls_cert = "nope.pem" # <-
+tls_key = "nope.key"
+` + validRest},
+	{"bad listen address", "smtp.listen", "want host:port", `
+[smtp]
+listen = "2525" # <-
+` + validRest},
+	{"bad http listen address", "http.listen", "want host:port", `
+[http]
+listen = "localhost:http" # <-
+` + validRest},
+	{"dns server by name", "dns.servers[0]", "want an IP address", `
+[dns]
+servers = ["dns.google"] # <-
+` + validRest},
+	{"retry_min above retry_max", "queue.retry_min", "more than retry_max", `
+[queue]
+retry_min = "1h" # <-
+retry_max = "30m"
+` + validRest},
+	{"cache_min_ttl above cache_max_ttl", "spf.cache_min_ttl", "more than cache_max_ttl", `
+[sender]
+fallback = "noreply@example.net"
+[spf]
+enabled = false
+cache_min_ttl = "2h" # <-
+[dkim]
+private_key = "KEYS/default.pem"
+[upstream]
+address = "file:./outbox"
+`},
+	{"upstream without port", "upstream.address", "want host:port", `
+[sender]
+fallback = "noreply@example.net"
+[spf]
+enabled = false
+[dkim]
+private_key = "KEYS/default.pem"
+[upstream]
+address = "smtp.provider.net" # <-
+`},
+	{"username without password", "upstream.username", "needs password_env or password_file", `
+[sender]
+fallback = "noreply@example.net"
+[spf]
+enabled = false
+[dkim]
+private_key = "KEYS/default.pem"
+[upstream]
+address = "smtp.provider.net:587"
+username = "relay" # <-
+`},
+	{"unknown display_name placeholder", "sender.display_name", "unknown placeholder {nmae}", `
+[sender]
+fallback = "noreply@example.net"
+display_name = "{nmae} via Example" # <-
+` + validNoSender},
+	{"headers without From", "dkim.headers", "must include From", `
+[sender]
+fallback = "noreply@example.net"
+[spf]
+enabled = false
+[dkim]
+private_key = "KEYS/default.pem"
+headers = ["To", "Subject"] # <-
+[upstream]
+address = "file:./outbox"
+`},
+	{"empty selector", "dkim.selector", "must not be empty", `
+[sender]
+fallback = "noreply@example.net"
+[spf]
+enabled = false
+[dkim]
+selector = "" # <-
+private_key = "KEYS/default.pem"
+[upstream]
+address = "file:./outbox"
+`},
+	{"syntax error", "smtp.listen", "strings cannot contain newlines", `
+[smtp]
+listen = "127.0.0.1:2525 # <-
+` + validRest},
+	{"duplicate key", "smtp.listen", "already been defined", `
+[smtp]
+listen = "127.0.0.1:2525"
+listen = "127.0.0.1:2526" # <-
+` + validRest},
+}
+
+// validRest completes a case with the required keys; validNoSender when the case has its
+// own [sender].
+const validRest = `
+[sender]
+fallback = "noreply@example.net"
+` + validNoSender
+
+const validNoSender = `
+[spf]
+enabled = false
+[dkim]
+private_key = "KEYS/default.pem"
+delegation_check = false
+[upstream]
+address = "file:./outbox"
+`
+
+func TestBadConfigs(t *testing.T) {
+	for _, tc := range badCases {
+		t.Run(tc.name, func(t *testing.T) {
+			line := 0
+			for i, l := range strings.Split(tc.toml, "\n") {
+				if strings.Contains(l, "# <-") {
+					require.Zero(t, line, "two markers")
+					line = i + 1
+				}
+			}
+			require.NotZero(t, line, "no # <- marker")
+
+			path := writeConfig(t, tc.toml)
+			_, err := config.Load(path)
+			require.Error(t, err)
+			probs := problems(t, err)
+
+			// The problem is in Error() as "file:LINE:COL: KEY: MSG".
+			prefix := fmt.Sprintf("%s:%d:", path, line)
+			found := false
+			for _, l := range strings.Split(err.Error(), "\n") {
+				if strings.HasPrefix(l, prefix) && strings.Contains(l, ": "+tc.key+": ") && strings.Contains(l, tc.msg) {
+					found = true
+				}
+			}
+			require.True(t, found, "want %q ... %q: ...%q... in:\n%s", prefix, tc.key, tc.msg, err)
+			for _, p := range probs {
+				if p.Key == tc.key && p.Line == line {
+					return
+				}
+			}
+			t.Fatalf("no Problem with Key %q and Line %d in %#v", tc.key, line, probs)
+		})
+	}
+}
+
+// Every problem is reported in one run, in file order.
+func TestAllProblemsAtOnce(t *testing.T) {
+	path := writeConfig(t, `hostname = "relay.example.net"
+colour = "blue"
+
+[smtp]
+max_recipients = "many"
+allow_networks = ["10.0.0.0/8", "10.0.0.0/99"]
+timeout = "soon"
+
+[[users]]
+name = "crm"
+password_hash = "$2a$10$IfY12YzGpAiWSIkxkRPVVubQuOSIbFm2uNJITpGTMHNVgibia9a6a"
+unit = "nobody"
+
+[sender]
+allowed_domains = ["example.com"]
+
+[spf]
+enabled = true
+
+[dkim]
+private_key = "KEYS/missing.pem"
+
+[upstream]
+tls = "sometimes"
+
+[queue]
+mode = "later"
+`)
+	_, err := config.Load(path)
+	got := []string{}
+	for _, p := range problems(t, err) {
+		got = append(got, fmt.Sprintf("%d %s", p.Line, p.Key))
+	}
+	require.Equal(t, []string{
+		"2 colour",
+		"5 smtp.max_recipients",
+		"6 smtp.allow_networks[1]",
+		"7 smtp.timeout",
+		"12 users[0].unit",
+		"14 sender.fallback",
+		"18 spf.sending_ips",
+		"21 dkim.private_key",
+		"23 upstream.address",
+		"24 upstream.tls",
+		"27 queue.mode",
+	}, got)
+	require.Len(t, strings.Split(err.Error(), "\n"), len(got), "one problem a line")
+}
+
+func TestUnreadableFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "missing.toml")
+	_, err := config.Load(path)
+	probs := problems(t, err)
+	require.Equal(t, path, probs[0].Pos)
+	require.Equal(t, path+": cannot read: no such file or directory", err.Error())
+}
+
+// No secret is ever quoted in an error.
+func TestErrorsHideSecrets(t *testing.T) {
+	_, err := config.Load(writeConfig(t, `
+[[users]]
+name = "crm"
+password_hash = "$2a$10$s3cretButBroken"
+`+validRest))
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "s3cretButBroken")
+}
+
+// config.NormalizeDomain stands in for policy.NormalizeDomain (which config cannot
+// import): they must agree, or allowed_domains would never match.
+func TestNormalizeDomainMatchesPolicy(t *testing.T) {
+	for _, d := range []string{"Example.COM", "example.com.", " x.example ", "bücher.example", "BÜCHER.example",
+		"xn--bcher-kva.example", "", "a..b", "ü..b", "\u00adexample.com", "☃.example"} {
+		a, aerr := config.NormalizeDomain(d)
+		b, berr := policy.NormalizeDomain(d)
+		require.Equal(t, b, a, d)
+		require.Equal(t, berr == nil, aerr == nil, d)
+	}
+}
+
+// testdata/keys/README.md prints the test keys' records: they must be those of the files.
+func TestKeysReadme(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join(root, "testdata/keys/README.md"))
+	require.NoError(t, err)
+	for file, name := range map[string]string{
+		"default.pem":             "default._domainkey.example.net.",
+		"example.com.ed25519.pem": "s2026._domainkey.example.com.",
+		"example.com.rsa.pem":     "s2026r._domainkey.example.com.",
+	} {
+		key, err := dkimkey.Load(filepath.Join(root, "testdata/keys", file))
+		require.NoError(t, err)
+		rec, err := dkimkey.Record(key.Public())
+		require.NoError(t, err)
+		var chunks []string
+		for len(rec) > 255 { // one TXT string holds at most 255 bytes
+			chunks, rec = append(chunks, strconv.Quote(rec[:255])), rec[255:]
+		}
+		chunks = append(chunks, strconv.Quote(rec))
+		require.Contains(t, string(readme), name+" TXT "+strings.Join(chunks, " "), file)
+	}
+}

@@ -1,0 +1,81 @@
+package deliver
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+	"github.com/stretchr/testify/require"
+)
+
+// sink is a go-smtp backend that accepts and discards everything.
+type sink struct{}
+
+func (sink) NewSession(*smtp.Conn) (smtp.Session, error) { return sinkSession{}, nil }
+func (sinkSession) Mail(string, *smtp.MailOptions) error { return nil }
+func (sinkSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
+func (sinkSession) Data(r io.Reader) error               { _, err := io.Copy(io.Discard, r); return err }
+func (sinkSession) Reset()                               {}
+func (sinkSession) Logout() error                        { return nil }
+
+type sinkSession struct{}
+
+func startSink(b *testing.B) string {
+	s := smtp.NewServer(sink{})
+	s.Domain = "sink.test"
+	s.ErrorLog = discardLogger{}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(b, err)
+	go s.Serve(l)
+	b.Cleanup(func() { s.Close() })
+	return l.Addr().String()
+}
+
+// BenchmarkPoolSend sends 10 KB messages over reused connections to a server that discards
+// them: the cost of our side of a transaction (MAIL, RCPT, DATA, dot-stuffing) plus loopback.
+func BenchmarkPoolSend(b *testing.B) {
+	for _, bc := range []struct {
+		name     string
+		conns    int
+		parallel bool
+	}{
+		{name: "1conn", conns: 1},
+		{name: "8conns-parallel", conns: 8, parallel: true},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			cfg := testConfig(startSink(b))
+			cfg.Upstream.MaxConnections = bc.conns
+			p, err := NewPool(cfg, nil)
+			require.NoError(b, err)
+			b.Cleanup(func() { p.Close() })
+			line := bytes.Repeat([]byte("x"), 76)
+			data := []byte("From: app@customer.example\r\nTo: rcpt@dest.example\r\nSubject: bench\r\n\r\n")
+			for len(data) < 10*1024 {
+				data = append(append(data, line...), '\r', '\n')
+			}
+			to := []string{"rcpt@dest.example"}
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			send := func() {
+				if _, err := p.Send(b.Context(), "app@customer.example", to, data); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if bc.parallel {
+				b.SetParallelism(4)
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						send()
+					}
+				})
+			} else {
+				for b.Loop() {
+					send()
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msg/s")
+		})
+	}
+}

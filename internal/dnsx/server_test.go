@@ -1,0 +1,112 @@
+package dnsx
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"relay/internal/config"
+	"relay/internal/dnstest"
+)
+
+// serve starts a real DNS server on 127.0.0.1 (UDP and TCP on one kernel-chosen port)
+// answering with h, for the cases internal/dnstest does not cover: servers that do not
+// chase CNAMEs, that check EDNS0, or that serve the SPF test suite's zone data. It
+// returns the address and stops when the test ends.
+func serve(t testing.TB, h dns.HandlerFunc) string {
+	t.Helper()
+	var pc net.PacketConn
+	var ln net.Listener
+	// The kernel picks a free UDP port, which may still be taken for TCP (by the client
+	// end of a connection in TIME_WAIT): then try another one.
+	for attempt := 0; ; attempt++ {
+		var err error
+		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("listen udp: %v", err)
+		}
+		port := pc.LocalAddr().(*net.UDPAddr).Port
+		ln, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			break
+		}
+		pc.Close()
+		if attempt == 20 {
+			t.Fatalf("listen tcp on udp port %d: %v", port, err)
+		}
+	}
+	udp := &dns.Server{PacketConn: pc, Handler: h}
+	tcp := &dns.Server{Listener: ln, Handler: h}
+	started := make(chan struct{}, 2)
+	udp.NotifyStartedFunc = func() { started <- struct{}{} }
+	tcp.NotifyStartedFunc = func() { started <- struct{}{} }
+	go udp.ActivateAndServe()
+	go tcp.ActivateAndServe()
+	<-started
+	<-started
+	t.Cleanup(func() {
+		udp.Shutdown()
+		tcp.Shutdown()
+	})
+	return pc.LocalAddr().String()
+}
+
+// isUDP tells which listener a query came in on.
+func isUDP(w dns.ResponseWriter) bool {
+	_, ok := w.RemoteAddr().(*net.UDPAddr)
+	return ok
+}
+
+func newResolver(t testing.TB, timeout time.Duration, servers ...string) *Resolver {
+	t.Helper()
+	r, err := NewResolver(servers, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func dur(d time.Duration) config.Duration { return config.Duration{Duration: d} }
+
+// newDNS is dnstest.New, tried again when the TCP port matching the kernel's UDP choice
+// is taken, which happens when other tests on the machine leave thousands of loopback
+// connections in TIME_WAIT. (dnstest.New should retry by itself; then this can go.)
+func newDNS(t testing.TB, zone string) *dnstest.Server {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		s, msg := tryDNS(t, zone)
+		if s != nil {
+			return s
+		}
+		if attempt == 20 || !strings.Contains(msg, "address already in use") {
+			t.Fatal(msg)
+		}
+	}
+}
+
+// failFast turns dnstest's t.Fatalf into a panic that tryDNS recovers.
+type failFast struct {
+	testing.TB
+}
+
+type fatal string
+
+func (f failFast) Fatalf(format string, args ...any) { panic(fatal(fmt.Sprintf(format, args...))) }
+
+func tryDNS(t testing.TB, zone string) (s *dnstest.Server, msg string) {
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(fatal)
+			if !ok {
+				panic(r)
+			}
+			s, msg = nil, string(f)
+		}
+	}()
+	return dnstest.New(failFast{t}, zone), ""
+}

@@ -1,0 +1,133 @@
+package dnsx
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+
+	"blitiri.com.ar/go/spf"
+)
+
+// checkHost is RFC 7208 check_host(ip, domain of sender, sender) evaluated by the SPF
+// library (mechanisms, macros, the 10-lookup and 2-void-lookup limits of §4.6.4) with
+// e's DNS. helo only feeds the %{h} macro, since sender always has a domain here.
+func checkHost(ctx context.Context, e *evaluation, ip netip.Addr, helo, sender string) (spf.Result, error) {
+	ip = ip.Unmap() // RFC 7208 §5: an IPv4-mapped IPv6 address is checked as IPv4
+	return spf.CheckHostWithSender(net.IP(ip.AsSlice()), helo, sender,
+		spf.WithResolver(view{e: e, v4: ip.Is4()}),
+		spf.WithContext(ctx))
+}
+
+type ipResult struct {
+	ip  netip.Addr
+	res spf.Result
+	err error
+}
+
+// checkIPs runs check_host for every sending IP, at the same time, sharing e.
+func checkIPs(ctx context.Context, e *evaluation, ips []netip.Addr, helo, domain string) []ipResult {
+	sender := "postmaster@" + domain
+	out := make([]ipResult, len(ips))
+	if len(ips) == 1 {
+		out[0].ip = ips[0]
+		out[0].res, out[0].err = checkHost(ctx, e, ips[0], helo, sender)
+		return out
+	}
+	var wg sync.WaitGroup
+	for i, ip := range ips {
+		wg.Go(func() {
+			out[i].ip = ip
+			out[i].res, out[i].err = checkHost(ctx, e, ip, helo, sender)
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// severity orders results for the detail text: the worst one leads.
+var severity = map[spf.Result]int{
+	spf.Pass: 0, spf.None: 1, spf.Neutral: 2, spf.SoftFail: 3, spf.Fail: 4, spf.PermError: 5, spf.TempError: 6,
+}
+
+// spfVerdict turns the per-IP results into the policy answer: authorized only when every
+// IP passes; temporary when any is a temperror. The detail names each result and its
+// IPs, worst first: "spf softfail for 2001:db8::10 (pass for 203.0.113.10)".
+func spfVerdict(rs []ipResult) (ok, temporary bool, detail string) {
+	type group struct {
+		res spf.Result
+		err error
+		ips []string
+	}
+	var groups []*group
+	ok = true
+	for _, r := range rs {
+		ok = ok && r.res == spf.Pass
+		temporary = temporary || r.res == spf.TempError
+		i := slices.IndexFunc(groups, func(g *group) bool { return g.res == r.res })
+		if i < 0 {
+			groups = append(groups, &group{res: r.res, err: r.err})
+			i = len(groups) - 1
+		}
+		groups[i].ips = append(groups[i].ips, r.ip.String())
+	}
+	slices.SortStableFunc(groups, func(a, b *group) int { return severity[b.res] - severity[a.res] })
+
+	var b strings.Builder
+	head := groups[0]
+	b.WriteString("spf ")
+	b.WriteString(string(head.res))
+	// A domain-wide outcome shared by every IP needs no list of IPs.
+	shared := len(groups) == 1 && (head.res == spf.None || head.res == spf.TempError || head.res == spf.PermError)
+	if !shared {
+		b.WriteString(" for ")
+		b.WriteString(strings.Join(head.ips, ", "))
+	}
+	switch head.res {
+	case spf.None:
+		b.WriteString(" (no SPF record)")
+	case spf.TempError, spf.PermError:
+		b.WriteString(": ")
+		b.WriteString(why(head.res, head.err))
+	}
+	if len(groups) > 1 {
+		b.WriteString(" (")
+		for i, g := range groups[1:] {
+			if i > 0 {
+				b.WriteString("; ")
+			}
+			b.WriteString(string(g.res))
+			b.WriteString(" for ")
+			b.WriteString(strings.Join(g.ips, ", "))
+		}
+		b.WriteString(")")
+	}
+	return ok, temporary, b.String()
+}
+
+// why says in words what made a temperror or permerror.
+func why(res spf.Result, err error) string {
+	var d *net.DNSError
+	switch {
+	case err == nil:
+		return "unknown error"
+	case errors.As(err, &d) && d.IsTimeout:
+		return "timeout"
+	case errors.Is(err, spf.ErrMultipleRecords):
+		return "multiple SPF records"
+	case errors.Is(err, spf.ErrLookupLimitReached):
+		return "more than 10 DNS lookups"
+	case errors.Is(err, spf.ErrVoidLookupLimitReached):
+		return "more than 2 void DNS lookups"
+	case errors.Is(err, spf.ErrTooManyMXRecords):
+		return "more than 10 MX records"
+	case errors.Is(err, spf.ErrNoResult) && res == spf.PermError:
+		return "include or redirect to a domain without SPF record"
+	case errors.Is(err, spf.ErrUnknownField):
+		return "unknown mechanism"
+	}
+	return err.Error()
+}

@@ -1,0 +1,124 @@
+package signer
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// DefaultHeaders is the h= list when [dkim] headers is empty (SPEC §3): the fields a
+// receiver shows or acts on (RFC 6376 §5.4.1), plus the one-click unsubscribe pair, whose
+// POST target must not be replaceable (RFC 8058 §4).
+func DefaultHeaders() []string {
+	return []string{
+		"From", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID", "MIME-Version",
+		"Content-Type", "Content-Transfer-Encoding", "In-Reply-To", "References",
+		"List-Unsubscribe", "List-Unsubscribe-Post",
+	}
+}
+
+// headerSet is the configured list of fields to sign, with From always in it.
+type headerSet struct {
+	names []string // as configured, without duplicates: the spelling used in h=
+	match [][]byte // the same names, for comparing with the message without converting
+	from  int      // index of From in names
+}
+
+func newHeaderSet(cfg []string) (headerSet, error) {
+	if len(cfg) == 0 {
+		cfg = DefaultHeaders()
+	}
+	hs := headerSet{from: -1}
+	for i, n := range cfg {
+		// A field name is printable ASCII except ':' (RFC 5322 §3.6.8); ';' is allowed
+		// there but ends a tag in DKIM-Signature, so it would corrupt the h= tag too.
+		if n == "" || strings.IndexFunc(n, func(r rune) bool { return r <= ' ' || r > '~' || r == ':' || r == ';' }) >= 0 {
+			return headerSet{}, fmt.Errorf("dkim.headers[%d]: %q is not a header field name", i, n)
+		}
+		// Existing DKIM-Signature fields are kept unsigned (SPEC §6): signing one would
+		// break our signature whenever a later hop strips or re-folds it.
+		if strings.EqualFold(n, "DKIM-Signature") || slices.ContainsFunc(hs.names, func(o string) bool { return strings.EqualFold(o, n) }) {
+			continue
+		}
+		if strings.EqualFold(n, "From") {
+			hs.from = len(hs.names)
+		}
+		hs.names = append(hs.names, n)
+	}
+	if hs.from < 0 {
+		// From must be signed (RFC 6376 §5.4); put it first, where the default has it.
+		hs.names = append([]string{"From"}, hs.names...)
+		hs.from = 0
+	}
+	hs.match = make([][]byte, len(hs.names))
+	for i, n := range hs.names {
+		hs.match[i] = []byte(n)
+	}
+	return hs, nil
+}
+
+// keys returns the h= list for msg: each configured field as many times as the header of
+// msg holds it (RFC 6376 §5.4.2: then every instance is covered), From one time more
+// (so a From added later breaks the signature: §8.15 oversigning), absent fields not at
+// all. complete reports whether the header ends with an empty line.
+//
+// It scans lines without parsing the header, and mirrors go-msgauth's reader so the counts
+// match what the signer will pick: a line starting with SP or HTAB continues the field
+// above it (except on the first line), a name is what precedes the first ':' (the whole
+// line when there is none) with white space trimmed, names compare with EqualFold.
+func (hs *headerSet) keys(msg []byte) (keys []string, complete bool) {
+	var cb [32]int // on the stack for any reasonable list
+	var counts []int
+	if len(hs.names) <= len(cb) {
+		counts = cb[:len(hs.names)]
+	} else {
+		counts = make([]int, len(hs.names))
+	}
+	total := 1 // the extra From
+	first := true
+	for len(msg) > 0 {
+		line := msg
+		if i := bytes.IndexByte(msg, '\n'); i >= 0 {
+			line, msg = msg[:i], msg[i+1:]
+			if n := len(line); n > 0 && line[n-1] == '\r' {
+				line = line[:n-1]
+			}
+		} else {
+			// bufio.Reader.ReadLine keeps a final CR that no LF follows.
+			msg = nil
+		}
+		if len(line) == 0 {
+			complete = true
+			break
+		}
+		if !first && (line[0] == ' ' || line[0] == '\t') {
+			continue
+		}
+		first = false
+		name := line
+		if colon := bytes.IndexByte(line, ':'); colon >= 0 {
+			name = line[:colon]
+		}
+		name = bytes.TrimSpace(name)
+		for j, m := range hs.match {
+			if bytes.EqualFold(name, m) {
+				counts[j]++
+				total++
+				break
+			}
+		}
+	}
+
+	keys = make([]string, 0, total)
+	for j, n := range hs.names {
+		c := counts[j]
+		if j == hs.from {
+			c++
+		}
+		for ; c > 0; c-- {
+			keys = append(keys, n)
+		}
+	}
+	return keys, complete
+}

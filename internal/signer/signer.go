@@ -1,0 +1,252 @@
+// Package signer owns DKIM signing (SPEC §6): it picks the key(s) for a d= domain and
+// produces the DKIM-Signature field(s) to prepend to an outgoing message. It never rewrites
+// the message and never decides which domain to sign as; policy did (Decision.DKIMDomain,
+// Decision.Delegated).
+package signer
+
+import (
+	"cmp"
+	"crypto"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/emersion/go-msgauth/dkim"
+
+	"relay/internal/config"
+	"relay/internal/dkimkey"
+	"relay/internal/policy"
+)
+
+// Signer signs messages with the keys of one configuration. It is immutable after New and
+// safe for concurrent use; a configuration reload builds a new one.
+type Signer struct {
+	def     []key            // the [dkim] key (one), used as d= any domain without keys of its own
+	domains map[string][]key // [[dkim.keys]] by normalised domain, Ed25519 first
+	headers headerSet
+}
+
+type key struct {
+	selector string
+	algo     string // the a= value: "rsa-sha256" or "ed25519-sha256"
+	signer   crypto.Signer
+}
+
+// KeyInfo describes one key Sign would use, for dry-run and check output.
+type KeyInfo struct {
+	Domain   string // d=
+	Selector string // s=
+	Algo     string // a=: "ed25519-sha256" or "rsa-sha256"
+	// Public is the public key, from which dkimkey.Record makes the TXT record to publish
+	// at Selector._domainkey.Domain.
+	Public crypto.PublicKey
+}
+
+// New loads every key of cfg (paths are absolute: config.Load resolved them). Errors name
+// the config key: `dkim.keys[1].private_key: /x/y.pem: no PEM block found`.
+func New(cfg config.DKIM) (*Signer, error) {
+	s := &Signer{domains: map[string][]key{}}
+	var err error
+	if s.headers, err = newHeaderSet(cfg.Headers); err != nil {
+		return nil, err
+	}
+
+	if cfg.PrivateKey == "" {
+		// Policy falls back to the default key for every domain without its own key, so
+		// without one most messages could never be signed.
+		return nil, errors.New("dkim.private_key: required")
+	}
+	if cfg.Selector == "" {
+		return nil, errors.New("dkim.selector: required")
+	}
+	def, err := loadKey("dkim.private_key", cfg.PrivateKey, cfg.Selector)
+	if err != nil {
+		return nil, err
+	}
+	s.def = []key{def}
+
+	seen := map[string]int{} // "domain/selector" -> index in cfg.Keys
+	for i, kc := range cfg.Keys {
+		name := fmt.Sprintf("dkim.keys[%d]", i)
+		d, err := policy.NormalizeDomain(kc.Domain)
+		if err != nil {
+			return nil, fmt.Errorf("%s.domain: %w", name, err)
+		}
+		if d == "" {
+			return nil, fmt.Errorf("%s.domain: required", name)
+		}
+		if kc.Selector == "" {
+			return nil, fmt.Errorf("%s.selector: required", name)
+		}
+		// Two keys under one selector: receivers find one record, so one signature fails.
+		if j, dup := seen[d+"/"+kc.Selector]; dup {
+			return nil, fmt.Errorf("%s.selector: %q for %s is already used by dkim.keys[%d]", name, kc.Selector, d, j)
+		}
+		seen[d+"/"+kc.Selector] = i
+		k, err := loadKey(name+".private_key", kc.PrivateKey, kc.Selector)
+		if err != nil {
+			return nil, err
+		}
+		s.domains[d] = append(s.domains[d], k)
+	}
+	for _, ks := range s.domains {
+		// Ed25519 first (SPEC §6 dual signing): receivers that do not know it skip it and
+		// check the RSA signature below it. Config order otherwise.
+		slices.SortStableFunc(ks, func(a, b key) int {
+			return cmp.Compare(rank(a.algo), rank(b.algo))
+		})
+	}
+	return s, nil
+}
+
+func rank(algo string) int {
+	if algo == algoEd25519 {
+		return 0
+	}
+	return 1
+}
+
+const (
+	algoEd25519 = "ed25519-sha256" // RFC 8463
+	algoRSA     = "rsa-sha256"     // RFC 6376; rsa-sha1 is forbidden by RFC 8301
+)
+
+func loadKey(name, path, selector string) (key, error) {
+	k, err := dkimkey.Load(path)
+	if err != nil {
+		return key{}, fmt.Errorf("%s: %w", name, err)
+	}
+	algo := algoRSA
+	if _, ok := k.Public().(ed25519.PublicKey); ok {
+		algo = algoEd25519
+	}
+	return key{selector: selector, algo: algo, signer: k}, nil
+}
+
+// keys returns the keys for normalised domain d: its own, else the default key.
+func (s *Signer) keys(d string) []key {
+	if ks, ok := s.domains[d]; ok {
+		return ks
+	}
+	return s.def
+}
+
+// Keys describes what Sign would use for domain (d= and s= of each signature, in order).
+// It is nil when domain is not a valid domain name.
+func (s *Signer) Keys(domain string) []KeyInfo {
+	d, err := policy.NormalizeDomain(domain)
+	if err != nil || d == "" {
+		return nil
+	}
+	ks := s.keys(d)
+	out := make([]KeyInfo, len(ks))
+	for i, k := range ks {
+		out[i] = KeyInfo{Domain: d, Selector: k.selector, Algo: k.algo, Public: k.signer.Public()}
+	}
+	return out
+}
+
+// DefaultPublicKey is the public half of the default key: a domain that publishes it under
+// the default selector delegates signing to us (SPEC §4 dkim-delegated).
+func (s *Signer) DefaultPublicKey() crypto.PublicKey { return s.def[0].signer.Public() }
+
+// DefaultSelector is the selector of the default key ([dkim] selector).
+func (s *Signer) DefaultSelector() string { return s.def[0].selector }
+
+// Sign returns the DKIM-Signature field(s) to prepend to msg, CRLF-terminated and folded:
+// one per key of domain's [[dkim.keys]] (Ed25519 first), else one with the default key and
+// d=domain. msg is the complete outgoing message, header and body, with CRLF line ends.
+// (Bare LF line ends are tolerated: canonicalization reads them as CRLF, so the signature
+// is the one the CRLF form of msg would get; the message must be sent in that CRLF form.)
+//
+// Sign errors are internal faults, never a client's: they carry no SMTP reply, so the
+// front end answers 451 4.3.0.
+func (s *Signer) Sign(domain string, msg []byte) ([]byte, error) {
+	d, err := policy.NormalizeDomain(domain)
+	if err != nil {
+		return nil, fmt.Errorf("dkim sign: %w", err)
+	}
+	if d == "" {
+		return nil, errors.New("dkim sign: no signing domain")
+	}
+	ks := s.keys(d)
+
+	hkeys, complete := s.headers.keys(msg)
+
+	var buf [4]*dkim.Signer // two keys per domain is the common maximum
+	sigs := buf[:0]
+	for _, k := range ks {
+		sg, err := dkim.NewSigner(&dkim.SignOptions{
+			Domain:                 d,
+			Selector:               k.selector,
+			Signer:                 k.signer,
+			Hash:                   crypto.SHA256,
+			HeaderCanonicalization: dkim.CanonicalizationRelaxed,
+			BodyCanonicalization:   dkim.CanonicalizationRelaxed,
+			HeaderKeys:             hkeys,
+		})
+		if err != nil {
+			closeAll(sigs)
+			return nil, signError(d, k, err)
+		}
+		sigs = append(sigs, sg)
+	}
+
+	// One pass over msg: each Write hands the whole message to every signer in turn, as
+	// io.MultiWriter would, without allocating one.
+	for i, sg := range sigs {
+		_, err := sg.Write(msg)
+		if err == nil && !complete {
+			// go-msgauth needs the empty line that ends the header, which a header-only
+			// message lacks. Feed it to the hashes only: the relaxed body hash of no body
+			// and of a lone CRLF are the same, and the header lines are unchanged.
+			_, err = sg.Write(terminator(msg))
+		}
+		if err != nil {
+			closeAll(sigs)
+			return nil, signError(d, ks[i], err)
+		}
+	}
+	for i, sg := range sigs {
+		if err := sg.Close(); err != nil {
+			closeAll(sigs[i+1:])
+			return nil, signError(d, ks[i], err)
+		}
+	}
+
+	n := 0
+	var fb [4]string
+	fields := fb[:0]
+	for _, sg := range sigs {
+		f := sg.Signature()
+		fields = append(fields, f)
+		n += len(f)
+	}
+	out := make([]byte, 0, n)
+	for _, f := range fields {
+		out = append(out, f...)
+	}
+	return out, nil
+}
+
+func signError(d string, k key, err error) error {
+	return fmt.Errorf("dkim sign d=%s s=%s: %w", d, k.selector, err)
+}
+
+// closeAll ends the goroutines of signers that will not be used; their errors are
+// consequences of the one being returned.
+func closeAll(sigs []*dkim.Signer) {
+	for _, sg := range sigs {
+		sg.Close()
+	}
+}
+
+// terminator is what ends a header that has no empty line: the end of its last line (when
+// missing) and the empty line.
+func terminator(msg []byte) []byte {
+	if len(msg) > 0 && msg[len(msg)-1] == '\n' {
+		return []byte("\r\n")
+	}
+	return []byte("\r\n\r\n")
+}

@@ -1,0 +1,269 @@
+package smtpd
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"relay/internal/config"
+)
+
+// session is one go-smtp Session: the state of one connection between EHLO (or STARTTLS)
+// and its end. Connection-wide state that must survive STARTTLS lives in conn.
+type session struct {
+	srv      *Server
+	g        *generation
+	sc       *smtp.Conn
+	c        *conn
+	ip       netip.Addr
+	tls      bool
+	loopback bool
+	allowed  bool // ip is in allow_networks
+
+	// mu guards what follows: with BDAT, go-smtp runs Data on its own goroutine while the
+	// connection's goroutine may call Reset or Logout.
+	mu   sync.Mutex
+	user *user
+	inTx bool
+	from string
+	to   []string
+}
+
+var (
+	_ smtp.Session     = (*session)(nil)
+	_ smtp.AuthSession = (*session)(nil)
+)
+
+func (s *Server) newSession(g *generation, sc *smtp.Conn) (smtp.Session, error) {
+	nc, isTLS := sc.Conn(), false
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc, isTLS = tc.NetConn(), true
+	}
+	c, ok := nc.(*conn)
+	if !ok {
+		return nil, errInternal // every connection comes through dispatch
+	}
+	if c.kicked.Load() {
+		return nil, errTooManyAuthFailures
+	}
+	if !validText(sc.Hostname()) {
+		return nil, errBadHelo
+	}
+	ip := c.remote.Addr()
+	return &session{
+		srv:      s,
+		g:        g,
+		sc:       sc,
+		c:        c,
+		ip:       ip,
+		tls:      isTLS,
+		loopback: ip.IsValid() && s.isLoopback(ip),
+		allowed:  inPrefixes(ip, g.cfg.SMTP.Networks),
+	}, nil
+}
+
+// logger returns the server log with the fields every session line carries.
+func (s *session) logger() *slog.Logger {
+	s.mu.Lock()
+	name := ""
+	if s.user != nil {
+		name = s.user.name
+	}
+	s.mu.Unlock()
+	return s.srv.log.With("client", s.ip.String(), "user", name)
+}
+
+// authAllowed: AUTH is offered over TLS, on loopback, or when allow_insecure_auth says so,
+// and only when there is someone to authenticate.
+func (s *session) authAllowed() bool {
+	return len(s.g.users) > 0 && (s.tls || s.loopback || s.g.cfg.SMTP.AllowInsecureAuth)
+}
+
+func (s *session) AuthMechanisms() []string {
+	if !s.authAllowed() {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	if s.c.kicked.Load() {
+		return nil, errTooManyAuthFailures
+	}
+	if len(s.g.users) == 0 {
+		return nil, smtp.ErrAuthUnsupported
+	}
+	if !s.authAllowed() {
+		return nil, errEncryptionRequired
+	}
+	s.mu.Lock()
+	inTx := s.inTx
+	s.mu.Unlock()
+	if inTx {
+		return nil, errAuthInTransaction
+	}
+	switch mech {
+	case sasl.Plain:
+		return saslServer{sasl.NewPlainServer(func(identity, username, password string) error {
+			return s.login(mech, identity, username, password)
+		})}, nil
+	case sasl.Login:
+		return &loginServer{check: func(username, password string) error {
+			return s.login(mech, "", username, password)
+		}}, nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if s.c.kicked.Load() {
+		return errTooManyAuthFailures
+	}
+	// go-smtp lets a repeated EHLO change the name without a new Session.
+	if !validText(s.sc.Hostname()) {
+		return errBadHelo
+	}
+	if from != "" && !validAddress(from) {
+		return errBadSender
+	}
+	s.mu.Lock()
+	inTx, u := s.inTx, s.user
+	s.mu.Unlock()
+	if inTx {
+		return errNestedMail
+	}
+	if u == nil && !s.allowed {
+		s.logger().Info("smtp mail rejected", "from", from, "code", 530, "reason", "not authenticated, not in allow_networks")
+		return errAuthRequired
+	}
+	var name string
+	var userRate config.Rate
+	if u != nil {
+		name, userRate = u.name, u.rate
+	}
+	if which := s.srv.limits.allow(s.srv.now(), name, userRate, networkKey(s.ip), s.g.cfg.SMTP.NetworkLimit); which != "" {
+		s.logger().Warn("smtp mail rejected", "from", from, "code", 451, "reason", which+" rate limit")
+		return errRateLimited
+	}
+	s.mu.Lock()
+	s.inTx, s.from, s.to = true, from, nil
+	s.mu.Unlock()
+	s.c.busy.Store(true)
+	return nil
+}
+
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if s.c.kicked.Load() {
+		return errTooManyAuthFailures
+	}
+	if !validAddress(to) {
+		return errBadRecipient
+	}
+	s.mu.Lock()
+	s.to = append(s.to, to)
+	s.mu.Unlock()
+	return nil
+}
+
+// Data reads the message and hands it to the Handler.
+//
+// SMTP smuggling (SPEC §7): go-smtp's dataReader (data.go) is net/textproto's dot reader
+// without the CRLF→LF rewrite. Its state machine reaches end-of-data only through
+// stateBeginLine '.' → stateDot '\r' → stateDotCR '\n', and stateBeginLine is entered only at
+// the start of DATA or by '\n' in stateCR, which only '\r' enters. So only <CRLF>.<CRLF> (or
+// ".\r\n" as the very first line) ends a message; a bare LF or CR, "\n.\r\n", "\r.\n",
+// "\n.\n" are content. TestSmuggling and FuzzDataEnd hold it to that.
+func (s *session) Data(r io.Reader) error {
+	if s.c.kicked.Load() {
+		return errTooManyAuthFailures
+	}
+	s.mu.Lock()
+	from, to, u := s.from, slices.Clone(s.to), s.user
+	s.mu.Unlock()
+
+	buf := s.srv.getBuf()
+	defer s.srv.putBuf(buf)
+	// go-smtp already stops at MaxMessageBytes (ErrDataTooLarge, and the BDAT byte count);
+	// the limit here keeps that promise for our buffer whatever go-smtp does.
+	_, err := buf.ReadFrom(io.LimitReader(r, s.g.maxBytes+1))
+	if err == nil && int64(buf.Len()) > s.g.maxBytes {
+		err = smtp.ErrDataTooLarge
+	}
+	if err != nil {
+		reply := errInternal
+		switch {
+		case errors.Is(err, smtp.ErrTooLongLine):
+			reply = errLineTooLong
+		case errors.As(err, new(*smtp.SMTPError)):
+			reply = toSMTP(err)
+		}
+		s.logger().Info("smtp data rejected", "from", from, "code", reply.Code, "err", err)
+		return reply
+	}
+
+	now := s.srv.now()
+	in := &Inbound{
+		ID:             newID(now),
+		ClientIP:       s.ip,
+		Helo:           s.sc.Hostname(),
+		TLS:            s.tls,
+		NetworkAllowed: s.allowed,
+		From:           from,
+		To:             to,
+		Data:           buf.Bytes(),
+		Received:       now,
+	}
+	if u != nil {
+		in.User, in.UserUnit = u.name, u.unit
+	}
+	ctx, cancel := context.WithTimeout(s.srv.ctx, s.g.timeout)
+	text, err := s.srv.h.Handle(ctx, in)
+	cancel()
+	if err != nil {
+		reply := toSMTP(err)
+		if reply == errInternal {
+			s.logger().Error("smtp message failed", "id", in.ID, "from", from, "code", reply.Code, "err", err)
+		} else {
+			s.logger().Info("smtp message rejected", "id", in.ID, "from", from, "code", reply.Code, "reply", reply.Message)
+		}
+		return reply
+	}
+	if text = oneLine(text); text == "" {
+		text = "Ok: queued as " + in.ID
+	}
+	// go-smtp writes a returned *SMTPError's code as it is (conn.go dataErrorToStatus), so a
+	// 250 "error" is how the Handler's text reaches the client; with PIPELINING too, since
+	// go-smtp answers each command in order on the connection's goroutine.
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: text}
+}
+
+func (s *session) Reset() {
+	s.mu.Lock()
+	s.inTx, s.from, s.to = false, "", nil
+	s.mu.Unlock()
+	s.c.endTransaction()
+}
+
+func (s *session) Logout() error {
+	s.Reset()
+	return nil
+}
+
+func (s *Server) getBuf() *bytes.Buffer {
+	if b, ok := s.bufs.Get().(*bytes.Buffer); ok {
+		b.Reset()
+		return b
+	}
+	return new(bytes.Buffer)
+}
+
+func (s *Server) putBuf(b *bytes.Buffer) { s.bufs.Put(b) }

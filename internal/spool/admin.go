@@ -1,0 +1,235 @@
+package spool
+
+import (
+	"cmp"
+	"container/heap"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// The admin operations below work on the directory alone, so `relay queue` can run in
+// another process while the server runs. They never write a state file: the server owns
+// those, and a state written from two processes could forget a delivered recipient.
+// Instead Retry and Delete leave a request in DIR/ctl/ (an empty file named
+// "retry-ID", "retry" for all, or "delete-ID"), which the server applies within
+// Options.PollInterval (1 s by default) and at Open, then removes.
+
+// Entry describes one spooled message.
+type Entry struct {
+	ID        string
+	Received  time.Time
+	From      string   // envelope sender, "" for <>
+	To        []string // recipients still pending
+	Done      []string // recipients delivered or bounced
+	Size      int      // octets of the message
+	Attempts  int
+	NextTry   time.Time // zero: as soon as possible
+	LastError string
+	// RetryRequested: `relay queue retry` asked for a retry that the server has not
+	// applied yet (it is not running, or within a poll interval).
+	RetryRequested bool
+}
+
+// ErrNotFound is returned for an id that is not in the spool.
+var ErrNotFound = errors.New("no such message in the spool")
+
+// List returns the messages in dir, oldest first. Files that are being written or
+// damaged are skipped.
+func List(dir string) ([]Entry, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("spool %s: %w", dir, err)
+	}
+	all := requested(dir, "retry")
+	var out []Entry
+	for _, e := range ents {
+		id := idOf(e.Name())
+		if id == "" {
+			continue
+		}
+		ent, err := entry(dir, id)
+		if err != nil {
+			continue // delivered and removed meanwhile, or damaged: Open reports those
+		}
+		ent.RetryRequested = ent.RetryRequested || all
+		out = append(out, ent)
+	}
+	slices.SortFunc(out, func(a, b Entry) int {
+		return cmp.Or(a.Received.Compare(b.Received), strings.Compare(a.ID, b.ID))
+	})
+	return out, nil
+}
+
+func entry(dir, id string) (Entry, error) {
+	env, err := readEnvelope(msgPath(dir, id))
+	if err != nil {
+		return Entry{}, err
+	}
+	st, err := readState(dir, id)
+	if err != nil {
+		return Entry{}, err
+	}
+	return newEntry(dir, id, env, st), nil
+}
+
+func newEntry(dir, id string, env envelope, st state) Entry {
+	e := Entry{
+		ID: id, Received: env.Received, From: env.From, Size: env.Size,
+		Attempts: st.Attempts, NextTry: st.NextTry, LastError: st.LastError,
+		RetryRequested: requested(dir, "retry-"+id),
+	}
+	for _, r := range env.To {
+		if st.done(r) {
+			e.Done = append(e.Done, r)
+		} else {
+			e.To = append(e.To, r)
+		}
+	}
+	return e
+}
+
+// Show returns the entry and the message of id.
+func Show(dir, id string) (Entry, []byte, error) {
+	if err := validID(id); err != nil {
+		return Entry{}, nil, err
+	}
+	env, data, err := readMessage(msgPath(dir, id))
+	if errors.Is(err, os.ErrNotExist) {
+		return Entry{}, nil, fmt.Errorf("%s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Entry{}, nil, err
+	}
+	st, err := readState(dir, id)
+	if err != nil {
+		return Entry{}, nil, err
+	}
+	e := newEntry(dir, id, env, st)
+	e.RetryRequested = e.RetryRequested || requested(dir, "retry")
+	return e, data, nil
+}
+
+// Retry asks for id ("" = every message) to be tried now. The running server applies
+// the request within its PollInterval; a stopped one at its next start.
+func Retry(dir, id string) error {
+	name := "retry"
+	if id != "" {
+		if err := exists(dir, id); err != nil {
+			return err
+		}
+		name = "retry-" + id
+	}
+	return request(dir, name)
+}
+
+// Delete removes id from the spool without delivering it further. The files go at once
+// (List no longer shows it); a running server forgets the message within its
+// PollInterval, and one in the middle of delivering it finishes that attempt.
+func Delete(dir, id string) error {
+	if err := exists(dir, id); err != nil {
+		return err
+	}
+	if err := request(dir, "delete-"+id); err != nil {
+		return err
+	}
+	if err := removeFiles(dir, id); err != nil {
+		return fmt.Errorf("spool %s: delete %s: %w", dir, id, err)
+	}
+	return syncDir(dir)
+}
+
+func exists(dir, id string) error {
+	if err := validID(id); err != nil {
+		return err
+	}
+	if _, err := os.Stat(msgPath(dir, id)); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s: %w", id, ErrNotFound)
+		}
+		return err
+	}
+	return nil
+}
+
+// request leaves a request file for the server.
+func request(dir, name string) error {
+	if _, err := os.Stat(filepath.Join(dir, ctlDir)); err != nil {
+		// No ctl directory: this is not a spool (a wrong -config or dir).
+		return fmt.Errorf("spool %s: %w", dir, err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ctlDir, name), os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("spool %s: %w", dir, err)
+	}
+	return f.Close()
+}
+
+func requested(dir, name string) bool {
+	_, err := os.Stat(filepath.Join(dir, ctlDir, name))
+	return err == nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// applyRequests carries out the requests left in ctl/ by Retry and Delete. It runs in the
+// dispatcher (and in Open), so it never races with a hand-off to a worker.
+func (s *Spool) applyRequests() {
+	ctl := filepath.Join(s.o.Dir, ctlDir)
+	ents, err := os.ReadDir(ctl)
+	if err != nil {
+		s.log.Error("spool: read requests", "dir", ctl, "err", err)
+		return
+	}
+	for _, e := range ents {
+		name := e.Name()
+		s.mu.Lock()
+		now := s.o.Now()
+		switch {
+		case name == "retry":
+			for len(s.waiting) > 0 {
+				m := s.waiting[0]
+				m.st.NextTry = now
+				s.waitingFix(m)
+			}
+		case strings.HasPrefix(name, "retry-"):
+			if m := s.msgs[strings.TrimPrefix(name, "retry-")]; m != nil && m.index >= 0 {
+				m.st.NextTry = now
+				s.waitingFix(m)
+			}
+		case strings.HasPrefix(name, "delete-"):
+			id := strings.TrimPrefix(name, "delete-")
+			if m := s.msgs[id]; m != nil {
+				s.dropLocked(m)
+				s.log.Info("spool: message deleted by request", "id", m.id)
+			}
+			// Delete removed the files, but a delivery attempt that ended since then
+			// may have written a new state file.
+			if validID(id) == nil {
+				removeFiles(s.o.Dir, id)
+			}
+		}
+		s.mu.Unlock()
+		if err := os.Remove(filepath.Join(ctl, name)); err != nil {
+			s.log.Error("spool: remove request", "file", name, "err", err)
+		}
+	}
+	s.wake()
+}
+
+// waitingFix moves m, now due, from s.waiting to s.ready. s.mu is held.
+func (s *Spool) waitingFix(m *message) {
+	heap.Remove(&s.waiting, m.index)
+	s.ready = append(s.ready, m)
+}

@@ -1,0 +1,255 @@
+package spool
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// On-disk layout of a spool directory (state on disk is the truth; the server's memory is a
+// cache of it, so `relay queue` works from another process):
+//
+//	ID.msg      the envelope on one line, then the message exactly as it will be sent
+//	ID.state    delivery state, written only once an attempt has left work to do
+//	.tmp-*      a file being written; left over only by a crash, removed by Open
+//	ID.bad      a message file that could not be parsed, set aside by Open for the admin
+//	ctl/        requests from `relay queue` to the running server (see admin.go)
+const (
+	msgSuffix   = ".msg"
+	stateSuffix = ".state"
+	badSuffix   = ".bad"
+	tmpPrefix   = ".tmp-"
+	ctlDir      = "ctl"
+
+	// magic starts every message file; the number is the format version.
+	magic = "RELAY-SPOOL-1 "
+	// maxEnvelopeLine bounds the first line of a message file, so a damaged file cannot
+	// make Open or List read a whole message as the envelope. 1000 recipients of 254
+	// octets, JSON-quoted, fit.
+	maxEnvelopeLine = 1 << 20
+)
+
+// envelope is the first line of a message file, after magic.
+type envelope struct {
+	From     string    `json:"from"`
+	To       []string  `json:"to"`
+	Received time.Time `json:"received"`
+	// Size is the length of the message that follows: a shorter file is damaged.
+	Size int `json:"size"`
+}
+
+// state is the content of an ID.state file. Done only ever grows: a recipient written
+// there is never attempted again (SPEC §8: a delivered recipient must not be re-sent
+// because of a later failure of another one).
+type state struct {
+	Attempts  int       `json:"attempts"`
+	NextTry   time.Time `json:"next_try"`
+	LastTry   time.Time `json:"last_try"`
+	LastError string    `json:"last_error,omitempty"`
+	Delivered []string  `json:"delivered,omitempty"`
+	Bounced   []string  `json:"bounced,omitempty"`
+}
+
+func (st *state) done(rcpt string) bool {
+	return slices.Contains(st.Delivered, rcpt) || slices.Contains(st.Bounced, rcpt)
+}
+
+// validID keeps ids usable as file names: no path separators, no leading dot (temp files
+// and hidden files start with one), nothing the shell or the admin would trip over.
+func validID(id string) error {
+	if id == "" || len(id) > 128 || id[0] == '.' {
+		return fmt.Errorf("invalid spool id %q", id)
+	}
+	for _, c := range id {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.':
+		default:
+			return fmt.Errorf("invalid spool id %q", id)
+		}
+	}
+	return nil
+}
+
+func msgPath(dir, id string) string   { return filepath.Join(dir, id+msgSuffix) }
+func statePath(dir, id string) string { return filepath.Join(dir, id+stateSuffix) }
+
+// encodeEnvelope returns the first line of a message file.
+func encodeEnvelope(env envelope) ([]byte, error) {
+	j, err := json.Marshal(env) // JSON escapes CR and LF, so the line stays one line
+	if err != nil {
+		return nil, err
+	}
+	line := make([]byte, 0, len(magic)+len(j)+1)
+	line = append(line, magic...)
+	line = append(line, j...)
+	return append(line, '\n'), nil
+}
+
+// parseEnvelope parses the first line of a message file, without its line end.
+func parseEnvelope(line []byte) (envelope, error) {
+	var env envelope
+	rest, ok := bytes.CutPrefix(line, []byte(magic))
+	if !ok {
+		return env, errors.New("not a spool message file")
+	}
+	if err := json.Unmarshal(rest, &env); err != nil {
+		return env, fmt.Errorf("envelope: %w", err)
+	}
+	if len(env.To) == 0 {
+		return env, errors.New("envelope without recipients")
+	}
+	if env.Size < 0 {
+		return env, errors.New("envelope with a negative size")
+	}
+	return env, nil
+}
+
+// errTruncated is a message file without a whole envelope line.
+var errTruncated = errors.New("no complete envelope line")
+
+// readEnvelope reads the envelope of path and checks that the message that follows is
+// whole. It does not read the message.
+func readEnvelope(path string) (envelope, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return envelope{}, err
+	}
+	defer f.Close()
+	line, err := bufio.NewReader(io.LimitReader(f, maxEnvelopeLine)).ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		// Longer than bufio's buffer: rare (hundreds of recipients), so read it plainly.
+		if _, err = f.Seek(0, io.SeekStart); err != nil {
+			return envelope{}, err
+		}
+		line, err = bufio.NewReader(io.LimitReader(f, maxEnvelopeLine)).ReadBytes('\n')
+	}
+	if err == io.EOF {
+		err = errTruncated
+	}
+	if err != nil {
+		return envelope{}, fmt.Errorf("%s: %w", path, err)
+	}
+	env, err := parseEnvelope(line[:len(line)-1])
+	if err != nil {
+		return env, fmt.Errorf("%s: %w", path, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return env, err
+	}
+	if fi.Size() != int64(len(line)+env.Size) {
+		return env, fmt.Errorf("%s: %d octets, the envelope says %d", path, fi.Size(), len(line)+env.Size)
+	}
+	return env, nil
+}
+
+// splitMessage parses the content of a message file into its envelope and message.
+func splitMessage(b []byte) (envelope, []byte, error) {
+	i := bytes.IndexByte(b[:min(len(b), maxEnvelopeLine)], '\n')
+	if i < 0 {
+		return envelope{}, nil, errTruncated
+	}
+	env, err := parseEnvelope(b[:i])
+	if err != nil {
+		return env, nil, err
+	}
+	if len(b) != i+1+env.Size {
+		return env, nil, fmt.Errorf("%d octets, the envelope says %d", len(b), i+1+env.Size)
+	}
+	return env, b[i+1:], nil
+}
+
+// readMessage reads a whole message file: the envelope and the message.
+func readMessage(path string) (envelope, []byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return envelope{}, nil, err
+	}
+	env, data, err := splitMessage(b)
+	if err != nil {
+		return env, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return env, data, nil
+}
+
+// readState reads ID.state; a missing file is the state of a message never attempted.
+func readState(dir, id string) (state, error) {
+	var st state
+	b, err := os.ReadFile(statePath(dir, id))
+	if errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("%s: %w", statePath(dir, id), err)
+	}
+	return st, nil
+}
+
+// writeFile makes name in dir hold the bytes of parts, durably: a temp file is written,
+// fsynced and renamed over name, then the directory is fsynced (syncDir), so that after a
+// crash name holds either its old content or all of the new one, never a part of it.
+func writeFile(dir *os.File, name string, syncDir func() error, parts ...[]byte) error {
+	f, err := os.CreateTemp(dir.Name(), tmpPrefix+"*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	for _, p := range parts {
+		if _, err := f.Write(p); err != nil {
+			return err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir.Name(), name)); err != nil {
+		return err
+	}
+	ok = true
+	return syncDir()
+}
+
+// removeFiles removes a message and then its state: in this order a crash in between
+// leaves a state file without a message, which Open discards, rather than a message whose
+// delivered recipients were forgotten.
+func removeFiles(dir, id string) error {
+	err := os.Remove(msgPath(dir, id))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	err = os.Remove(statePath(dir, id))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// idOf returns the id of a message file name, or "".
+func idOf(name string) string {
+	id, ok := strings.CutSuffix(name, msgSuffix)
+	if !ok || validID(id) != nil {
+		return ""
+	}
+	return id
+}
