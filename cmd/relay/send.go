@@ -154,6 +154,7 @@ func printDecision(w io.Writer, res pipeline.Result, asJSON bool) {
 	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
+		enc.SetEscapeHTML(false)
 		enc.Encode(decisionJSON{
 			FromOriginal: d.FromOriginal, FromEffect: res.FromHeader, Envelope: d.Envelope,
 			ReplyTo: res.ReplyTo, Rewritten: d.Rewritten, Reason: string(d.Reason), Detail: d.Detail,

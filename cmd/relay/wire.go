@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 
 	"relay/internal/config"
 	"relay/internal/dnsx"
@@ -34,8 +33,11 @@ func newState(cfg *config.Config, prev *pipeline.State) (*pipeline.State, error)
 		return st, nil
 	}
 	if prev != nil {
-		if a, ok := prev.Auth.(*dnsx.Authorizer); ok && a != nil && sameDNS(prev.Config, cfg) {
-			a.Reload(cfg, sg.DefaultPublicKey())
+		// The authorizer keeps its cache unless the settings it depends on changed.
+		if a, ok := prev.Auth.(*dnsx.Authorizer); ok && a != nil {
+			if err := a.Reload(cfg, sg.DefaultPublicKey()); err != nil {
+				return nil, fmt.Errorf("dns resolver: %w", err)
+			}
 			st.Auth = a
 			return st, nil
 		}
@@ -46,10 +48,6 @@ func newState(cfg *config.Config, prev *pipeline.State) (*pipeline.State, error)
 	}
 	st.Auth = dnsx.NewAuthorizer(cfg, r, sg.DefaultPublicKey())
 	return st, nil
-}
-
-func sameDNS(a, b *config.Config) bool {
-	return strings.Join(a.DNS.Servers, ",") == strings.Join(b.DNS.Servers, ",") && a.DNS.Timeout == b.DNS.Timeout
 }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {

@@ -142,21 +142,13 @@ func (a *Authorizer) Stats() Stats {
 // SPF reports whether domain's SPF record authorizes every [spf] sending_ips address:
 // check_host(ip, domain, postmaster@domain) is "pass" for each (SPEC §4 spf-pass).
 func (a *Authorizer) SPF(ctx context.Context, domain string) policy.Check {
-	st := a.state.Load()
-	if len(st.ips) == 0 {
-		return policy.Check{Detail: "spf not checked: no [spf] sending_ips"}
-	}
-	return a.check(ctx, kindSPF, domain, st)
+	return a.check(ctx, kindSPF, domain)
 }
 
 // Delegated reports whether domain publishes the relay's default DKIM key at
 // <selector>._domainkey.<domain>, directly or through CNAMEs (SPEC §4 dkim-delegated).
 func (a *Authorizer) Delegated(ctx context.Context, domain string) policy.Check {
-	st := a.state.Load()
-	if st.key == nil {
-		return policy.Check{Detail: "dkim delegation not checked: no default key"}
-	}
-	return a.check(ctx, kindDKIM, domain, st)
+	return a.check(ctx, kindDKIM, domain)
 }
 
 func (a *Authorizer) now() time.Time {
@@ -166,13 +158,23 @@ func (a *Authorizer) now() time.Time {
 	return time.Now()
 }
 
-func (a *Authorizer) check(ctx context.Context, kd kind, domain string, st *state) policy.Check {
+func (a *Authorizer) check(ctx context.Context, kd kind, domain string) policy.Check {
+	// The generation is read before the settings: Reload stores the settings before it
+	// moves the generation on, so a result computed under old settings is never cached
+	// under the new generation.
+	gen := a.cache.generation()
+	st := a.state.Load()
+	switch {
+	case kd == kindSPF && len(st.ips) == 0:
+		return policy.Check{Detail: "spf not checked: no [spf] sending_ips"}
+	case kd == kindDKIM && st.key == nil:
+		return policy.Check{Detail: "dkim delegation not checked: no default key"}
+	}
 	a.checks.Add(1)
 	k := cacheKey{kind: kd, domain: domain}
 	if c, ok := a.cache.get(k, a.now()); ok {
 		return c
 	}
-	gen := a.cache.generation()
 	// The generation is part of the key so that a check after a reload never joins an
 	// evaluation started under the old settings.
 	fk := strconv.Itoa(int(kd)) + "/" + strconv.FormatUint(gen, 10) + "/" + domain

@@ -3,6 +3,7 @@ package dnsx
 import (
 	"container/list"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"relay/internal/policy"
@@ -35,9 +36,10 @@ type entry struct {
 // full. gen changes whenever entries are dropped for a reload, so that an evaluation
 // started under the old settings cannot store its result afterwards.
 type cache struct {
+	gen atomic.Uint64 // changed under mu
+
 	mu  sync.Mutex
 	max int
-	gen uint64
 	m   map[cacheKey]*list.Element
 	ll  list.List // front: most recently used
 }
@@ -63,17 +65,13 @@ func (c *cache) get(k cacheKey, now time.Time) (policy.Check, bool) {
 	return e.check, true
 }
 
-func (c *cache) generation() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.gen
-}
+func (c *cache) generation() uint64 { return c.gen.Load() }
 
 // put stores a result computed under generation gen, unless the cache was cleared since.
 func (c *cache) put(k cacheKey, check policy.Check, expires time.Time, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if gen != c.gen {
+	if gen != c.gen.Load() {
 		return
 	}
 	if el, ok := c.m[k]; ok {
@@ -94,7 +92,7 @@ func (c *cache) put(k cacheKey, check policy.Check, expires time.Time, gen uint6
 func (c *cache) drop(kinds ...kind) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.gen++
+	c.gen.Add(1)
 	for k, el := range c.m {
 		for _, kd := range kinds {
 			if k.kind == kd {

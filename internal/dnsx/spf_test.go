@@ -175,6 +175,13 @@ func TestSPFDecision(t *testing.T) {
 	require.Equal(t, "include.example: spf pass for 203.0.113.10, 2001:db8::10", d.Detail)
 	require.True(t, d.EnvelopeRewritten)
 	require.Equal(t, "v4only.example: not listed; spf softfail for 2001:db8::10 (pass for 203.0.113.10)", d.EnvelopeDetail)
+
+	// A permerror is no temperror: the From falls back even with on_temperror = "defer".
+	cfg.SPF.OnTempError = "defer"
+	d, err = policy.Decide(context.Background(), cfg, a, policy.Input{From: "alice@two.example"})
+	require.NoError(t, err)
+	require.Equal(t, policy.FallbackGlobal, d.Reason)
+	require.Equal(t, "two.example: not listed; spf permerror: multiple SPF records", d.Detail)
 }
 
 // The checks of the IPs of one evaluation share lookups: one query per name and type.

@@ -175,15 +175,18 @@ func (p *Pipeline) Process(ctx context.Context, in Input) (Result, error) {
 			name, addr = orig.Name, orig.Address
 		}
 		res.FromHeader = rewrite.FromValue(tmpl, name, addr, d.Unit, d.From)
-	} else if orig != nil {
-		res.FromHeader = (&mail.Address{Name: orig.Name, Address: orig.Address}).String()
+	} else if orig != nil && orig.Name != "" {
+		res.FromHeader = orig.String()
 	} else {
-		res.FromHeader = "<" + d.From + ">"
+		res.FromHeader = d.From
 	}
 	if v, ok := msg.Get("Reply-To"); ok {
 		res.ReplyTo = strings.TrimSpace(v)
 	} else if d.Rewritten && cfg.Sender.ReplyToOriginal && orig != nil {
 		res.ReplyTo = orig.Address
+		if orig.Name != "" {
+			res.ReplyTo = orig.String()
+		}
 	}
 
 	out := rewrite.Apply(msg, opts)

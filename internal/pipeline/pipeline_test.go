@@ -1,0 +1,201 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"relay/internal/config"
+	"relay/internal/policy"
+	"relay/internal/signer"
+)
+
+// load builds a State from TOML text; key paths are the repository's test keys.
+func load(t testing.TB, extra string) *State {
+	t.Helper()
+	root, err := filepath.Abs("../../testdata/keys")
+	require.NoError(t, err)
+	text := fmt.Sprintf(`
+hostname = "relay.test"
+[sender]
+allowed_domains = ["example.com"]
+fallback = "noreply@example.net"
+display_name = "{name} via Example"
+[[units]]
+name = "sales"
+fallback = "sales@example.com"
+[spf]
+enabled = false
+sending_ips = ["203.0.113.10"]
+[dkim]
+delegation_check = false
+private_key = "%[1]s/default.pem"
+[upstream]
+address = "file:./outbox"
+%[2]s
+`, root, extra)
+	path := filepath.Join(t.TempDir(), "relay.toml")
+	require.NoError(t, os.WriteFile(path, []byte(text), 0o600))
+	cfg, err := config.Load(path)
+	require.NoError(t, err)
+	sg, err := signer.New(cfg.DKIM)
+	require.NoError(t, err)
+	return &State{Config: cfg, Signer: sg}
+}
+
+type recorder struct {
+	id, from string
+	to       []string
+	data     []byte
+}
+
+func (r *recorder) Submit(_ context.Context, id, from string, to []string, data []byte) error {
+	r.id, r.from, r.to, r.data = id, from, to, append([]byte(nil), data...)
+	return nil
+}
+
+func TestProcessSubmitsSignedRewrittenMessage(t *testing.T) {
+	rec := &recorder{}
+	p := New(load(t, ""), rec, nil)
+	p.Now = func() time.Time { return time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC) }
+	res, err := p.Process(context.Background(), Input{
+		ID: "abc", Envelope: "app@gmail.com", To: []string{"bob@dest.example"},
+		Data: []byte("From: Alice <alice@gmail.com>\nSubject: hi\n\nbody\n"), // bare LF: made CRLF
+	})
+	require.NoError(t, err)
+	require.Equal(t, policy.FallbackGlobal, res.Decision.Reason)
+	require.Equal(t, `"Alice via Example" <noreply@example.net>`, res.FromHeader)
+	require.Equal(t, `"Alice" <alice@gmail.com>`, res.ReplyTo)
+	require.Equal(t, "abc", rec.id)
+	require.Equal(t, "noreply@example.net", rec.from)
+	require.True(t, bytes.HasPrefix(rec.data, []byte("DKIM-Signature:")))
+	require.Contains(t, string(rec.data), "\r\nFrom: \"Alice via Example\" <noreply@example.net>\r\n")
+	require.True(t, bytes.HasSuffix(rec.data, []byte("\r\n\r\nbody\r\n")))
+	require.NotContains(t, strings.ReplaceAll(string(rec.data), "\r\n", ""), "\n", "no bare LF may remain")
+}
+
+func TestProcessNoFromHeader(t *testing.T) {
+	rec := &recorder{}
+	p := New(load(t, ""), rec, nil)
+	// Allowed envelope: it becomes the From, unchanged.
+	res, err := p.Process(context.Background(), Input{Envelope: "app@example.com", To: []string{"b@d.example"},
+		Data: []byte("Subject: hi\r\n\r\nbody\r\n")})
+	require.NoError(t, err)
+	require.False(t, res.Decision.Rewritten)
+	require.Equal(t, "app@example.com", res.FromHeader)
+	require.Contains(t, string(rec.data), "\r\nFrom: <app@example.com>\r\n")
+
+	// Disallowed envelope: the fallback, with the envelope shown as the original.
+	res, err = p.Process(context.Background(), Input{Envelope: "app@gmail.com", To: []string{"b@d.example"},
+		Data: []byte("Subject: hi\r\n\r\nbody\r\n")})
+	require.NoError(t, err)
+	require.True(t, res.Decision.Rewritten)
+	require.Equal(t, `"app at gmail.com via Example" <noreply@example.net>`, res.FromHeader)
+	require.Contains(t, string(rec.data), "\r\nFrom: \"app at gmail.com via Example\" <noreply@example.net>\r\n")
+}
+
+func TestProcessUnitHeader(t *testing.T) {
+	p := New(load(t, ""), nil, nil)
+	msg := []byte("X-Relay-Unit: sales\r\nFrom: a@gmail.com\r\n\r\nbody\r\n")
+	res, err := p.Process(context.Background(), Input{Data: msg, UnitHeader: true})
+	require.NoError(t, err)
+	require.Equal(t, "sales", res.Decision.Unit)
+	require.Equal(t, "sales@example.com", res.Decision.From)
+	require.NotContains(t, string(res.Message), "X-Relay-Unit")
+
+	res, err = p.Process(context.Background(), Input{Data: msg})
+	require.NoError(t, err)
+	require.Equal(t, "", res.Decision.Unit, "the header counts only when the client may use it")
+	require.NotContains(t, string(res.Message), "X-Relay-Unit")
+}
+
+func TestProcessSwap(t *testing.T) {
+	p := New(load(t, ""), nil, nil)
+	msg := []byte("From: a@partner.example\r\n\r\nbody\r\n")
+	res, err := p.Process(context.Background(), Input{Data: msg})
+	require.NoError(t, err)
+	require.True(t, res.Decision.Rewritten)
+	p.Swap(load(t, "")) // a reload with another config takes effect for the next message
+	st := load(t, "")
+	st.Config.Sender.Domains = append(st.Config.Sender.Domains, "partner.example")
+	p.Swap(st)
+	res, err = p.Process(context.Background(), Input{Data: msg})
+	require.NoError(t, err)
+	require.False(t, res.Decision.Rewritten)
+}
+
+func TestCRLF(t *testing.T) {
+	for in, want := range map[string]string{
+		"":               "",
+		"a\r\nb\r\n":     "a\r\nb\r\n",
+		"a\nb\n":         "a\r\nb\r\n",
+		"a\r\nb\nc\r\n":  "a\r\nb\r\nc\r\n",
+		"\n":             "\r\n",
+		"no line ending": "no line ending",
+	} {
+		require.Equal(t, want, string(CRLF([]byte(in))), "%q", in)
+	}
+}
+
+func TestNewID(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		id := NewID()
+		require.Len(t, id, 16)
+		require.False(t, seen[id])
+		seen[id] = true
+	}
+}
+
+// BenchmarkPipeline is the per-message cost of policy + rewrite + sign, the work the relay
+// adds to each message before the spool. Run it with the signer's BenchmarkBareSignature in
+// one command to compare with the signature alone:
+//
+//	go test -run '^$' -bench 'Pipeline|BareSignature' ./internal/pipeline ./internal/signer
+func BenchmarkPipeline(b *testing.B) {
+	keys, err := filepath.Abs("../../testdata/keys")
+	require.NoError(b, err)
+	for _, key := range []struct{ name, file string }{
+		{"rsa2048", "default.pem"},
+		{"ed25519", "example.com.ed25519.pem"},
+	} {
+		st := load(b, "")
+		st.Config.DKIM.PrivateKey = filepath.Join(keys, key.file)
+		sg, err := signer.New(st.Config.DKIM)
+		require.NoError(b, err)
+		st.Signer = sg
+		p := New(st, nil, nil)
+		for _, size := range []int{1 << 10, 10 << 10, 100 << 10} {
+			msg := testMessage(size)
+			b.Run(fmt.Sprintf("%s/%dKB", key.name, size>>10), func(b *testing.B) {
+				b.ReportAllocs()
+				b.SetBytes(int64(len(msg)))
+				for b.Loop() {
+					if _, err := p.Process(context.Background(), Input{ID: "bench", Envelope: "app@gmail.com",
+						To: []string{"bob@dest.example"}, Data: msg}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+func testMessage(size int) []byte {
+	var b bytes.Buffer
+	b.WriteString("From: \"Alice Smith\" <alice@gmail.com>\r\nTo: bob@dest.example\r\nSubject: quarterly report\r\n" +
+		"Date: Thu, 26 Nov 2026 10:00:00 +0000\r\nMessage-ID: <abc@app.test>\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: text/plain; charset=utf-8\r\n\r\n")
+	line := strings.Repeat("lorem ipsum dolor sit amet ", 2)[:52] + "\r\n"
+	for b.Len() < size {
+		b.WriteString(line)
+	}
+	return b.Bytes()
+}
