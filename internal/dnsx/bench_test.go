@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"relay/internal/dnstest"
 	"relay/internal/policy"
 )
 
@@ -18,7 +19,7 @@ _spf.gmail.example. 300 TXT "v=spf1 ip4:192.0.2.0/24 ~all"
 // warm cache: a From whose SPF passes, and one that fails SPF and delegation and falls
 // back (both checks answered from the cache).
 func BenchmarkDecide(b *testing.B) {
-	s := newDNS(b, benchZone+dkimZone(b))
+	s := dnstest.New(b, benchZone+dkimZone(b))
 	cfg := testConfig(s.Addr, ip4, ip6)
 	a := NewAuthorizer(cfg, newResolver(b, cfg.DNS.Timeout.Duration, s.Addr), testKeys(b)["ours"])
 	ctx := context.Background()
@@ -45,7 +46,7 @@ func BenchmarkDecide(b *testing.B) {
 
 // BenchmarkSPFWarm is one SPF check answered from the cache.
 func BenchmarkSPFWarm(b *testing.B) {
-	s := newDNS(b, benchZone)
+	s := dnstest.New(b, benchZone)
 	a := newAuthorizer(b, testConfig(s.Addr, ip4, ip6))
 	ctx := context.Background()
 	a.SPF(ctx, "example.org")
@@ -58,7 +59,7 @@ func BenchmarkSPFWarm(b *testing.B) {
 // BenchmarkSPFCold is one SPF evaluation against the loopback DNS server: two sending
 // IPs, a record with an include, so two queries (the IPs share them).
 func BenchmarkSPFCold(b *testing.B) {
-	s := newDNS(b, benchZone)
+	s := dnstest.New(b, benchZone)
 	a := newAuthorizer(b, testConfig(s.Addr, ip4, ip6))
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -74,7 +75,7 @@ func BenchmarkSPFCold(b *testing.B) {
 // BenchmarkDelegatedCold is one delegation check (a CNAME the server follows) against the
 // loopback DNS server.
 func BenchmarkDelegatedCold(b *testing.B) {
-	s := newDNS(b, dkimZone(b))
+	s := dnstest.New(b, dkimZone(b))
 	cfg := testConfig(s.Addr, ip4)
 	a := NewAuthorizer(cfg, newResolver(b, cfg.DNS.Timeout.Duration, s.Addr), testKeys(b)["ours"])
 	ctx := context.Background()

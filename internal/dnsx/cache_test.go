@@ -34,7 +34,7 @@ func cachedAuthorizer(t *testing.T, s *dnstest.Server) (*Authorizer, *fakeClock)
 // 1,000 concurrent checks of one unknown domain make one evaluation; within the TTL
 // (the smallest of the records consulted: 120 s) no more; after it, one again.
 func TestCacheSharesOneEvaluation(t *testing.T) {
-	s := newDNS(t, cacheZone)
+	s := dnstest.New(t, cacheZone)
 	a, clock := cachedAuthorizer(t, s)
 	ctx := context.Background()
 
@@ -83,7 +83,7 @@ func TestCacheLifetime(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := newDNS(t, cacheZone)
+			s := dnstest.New(t, cacheZone)
 			s.SetServFail(tt.domain, tt.servfail)
 			a, clock := cachedAuthorizer(t, s)
 			ctx := context.Background()
@@ -104,7 +104,7 @@ func TestCacheLifetime(t *testing.T) {
 }
 
 func TestCacheDelegation(t *testing.T) {
-	s := newDNS(t, dkimZone(t))
+	s := dnstest.New(t, dkimZone(t))
 	cfg := testConfig(s.Addr, ip4)
 	a := NewAuthorizer(cfg, newResolver(t, cfg.DNS.Timeout.Duration, s.Addr), testKeys(t)["ours"])
 	clock := newClock()
@@ -121,7 +121,7 @@ func TestCacheDelegation(t *testing.T) {
 }
 
 func TestCacheEvictsLeastRecentlyUsed(t *testing.T) {
-	s := newDNS(t, cacheZone)
+	s := dnstest.New(t, cacheZone)
 	a, _ := cachedAuthorizer(t, s)
 	a.cache = newCache(2)
 	ctx := context.Background()
@@ -140,7 +140,7 @@ func TestCacheEvictsLeastRecentlyUsed(t *testing.T) {
 // A caller that gives up does not cancel the evaluation the others share: its result is
 // cached for them.
 func TestCacheCallerGivesUp(t *testing.T) {
-	s := newDNS(t, cacheZone)
+	s := dnstest.New(t, cacheZone)
 	a, _ := cachedAuthorizer(t, s)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -153,8 +153,8 @@ func TestCacheCallerGivesUp(t *testing.T) {
 }
 
 func TestReload(t *testing.T) {
-	s := newDNS(t, cacheZone+dkimZone(t))
-	other := newDNS(t, cacheZone+dkimZone(t))
+	s := dnstest.New(t, cacheZone+dkimZone(t))
+	other := dnstest.New(t, cacheZone+dkimZone(t))
 	ctx := context.Background()
 	ours := testKeys(t)["ours"]
 	cfg := testConfig(s.Addr, ip4, ip6)

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"relay/internal/dkimkey"
+	"relay/internal/dnstest"
 	"relay/internal/policy"
 )
 
@@ -87,7 +88,7 @@ selector2._domainkey.direct.example.      TXT %s
 }
 
 func TestDelegated(t *testing.T) {
-	s := newDNS(t, dkimZone(t))
+	s := dnstest.New(t, dkimZone(t))
 	k := testKeys(t)
 	tests := []struct {
 		domain string
@@ -120,7 +121,7 @@ func TestDelegated(t *testing.T) {
 }
 
 func TestDelegatedSelectorAndErrors(t *testing.T) {
-	s := newDNS(t, dkimZone(t))
+	s := dnstest.New(t, dkimZone(t))
 	k := testKeys(t)
 	cfg := testConfig(s.Addr, ip4)
 	cfg.DKIM.Selector = "selector2"
@@ -140,7 +141,7 @@ func TestDelegatedSelectorAndErrors(t *testing.T) {
 
 // Delegation decides the From only: the envelope is judged by the lists and SPF.
 func TestDelegatedDecision(t *testing.T) {
-	s := newDNS(t, dkimZone(t)+`cname.example. TXT "v=spf1 -all"`)
+	s := dnstest.New(t, dkimZone(t)+`cname.example. TXT "v=spf1 -all"`)
 	cfg := testConfig(s.Addr, ip4)
 	signer := ed25519.NewKeyFromSeed(append([]byte{1}, make([]byte, ed25519.SeedSize-1)...))
 	a := NewAuthorizer(cfg, newResolver(t, cfg.DNS.Timeout.Duration, s.Addr), signer)

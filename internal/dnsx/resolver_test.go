@@ -3,6 +3,7 @@ package dnsx
 import (
 	"context"
 	"net"
+	"relay/internal/dnstest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,7 +31,7 @@ mx.example.org.         300 MX    10 a.example.org.
 `
 
 func TestLookup(t *testing.T) {
-	s := newDNS(t, lookupZone)
+	s := dnstest.New(t, lookupZone)
 	r := newResolver(t, 2*time.Second, s.Addr)
 	ctx := context.Background()
 	tests := []struct {
@@ -66,7 +67,7 @@ func TestLookup(t *testing.T) {
 }
 
 func TestLookupInvalidName(t *testing.T) {
-	s := newDNS(t, lookupZone)
+	s := dnstest.New(t, lookupZone)
 	r := newResolver(t, 2*time.Second, s.Addr)
 	for _, name := range []string{"", ".", "a..example.org", ".example.org", strings.Repeat("a", 64) + ".example.org"} {
 		_, err := r.Lookup(context.Background(), name, dns.TypeTXT)
@@ -78,7 +79,7 @@ func TestLookupInvalidName(t *testing.T) {
 }
 
 func TestSPFResolverMethods(t *testing.T) {
-	s := newDNS(t, lookupZone)
+	s := dnstest.New(t, lookupZone)
 	r := newResolver(t, 2*time.Second, s.Addr)
 	ctx := context.Background()
 
@@ -203,7 +204,7 @@ func TestLookupTruncatedRetriesOverTCP(t *testing.T) {
 		zone.WriteString("big.example.org. 300 TXT \"" + strings.Repeat(string(rune('a'+i)), 200) + "\"\n")
 	}
 	zone.WriteString("small.example.org. 300 TXT \"small\"\n")
-	s := newDNS(t, zone.String())
+	s := dnstest.New(t, zone.String())
 	r := newResolver(t, 2*time.Second, s.Addr)
 
 	ans, err := r.Lookup(context.Background(), "big.example.org", dns.TypeTXT)
@@ -256,11 +257,11 @@ func TestLookupSendsEDNS0(t *testing.T) {
 }
 
 func TestLookupRotatesServers(t *testing.T) {
-	dead := newDNS(t, "")
+	dead := dnstest.New(t, "")
 	dead.SetSilent(true)
-	broken := newDNS(t, "example.org. 300 TXT \"x\"")
+	broken := dnstest.New(t, "example.org. 300 TXT \"x\"")
 	broken.SetServFail("example.org", true)
-	good := newDNS(t, "example.org. 300 TXT \"v=spf1 -all\"")
+	good := dnstest.New(t, "example.org. 300 TXT \"v=spf1 -all\"")
 	r := newResolver(t, 200*time.Millisecond, dead.Addr, broken.Addr, good.Addr)
 	ctx := context.Background()
 
@@ -284,7 +285,7 @@ func TestLookupRotatesServers(t *testing.T) {
 func TestLookupErrors(t *testing.T) {
 	ctx := context.Background()
 	t.Run("timeout", func(t *testing.T) {
-		s := newDNS(t, "")
+		s := dnstest.New(t, "")
 		s.SetSilent(true)
 		r := newResolver(t, 100*time.Millisecond, s.Addr)
 		_, err := r.Lookup(ctx, "example.org", dns.TypeTXT)
@@ -295,7 +296,7 @@ func TestLookupErrors(t *testing.T) {
 		require.Equal(t, s.Addr, d.Server)
 	})
 	t.Run("context deadline shorter than the query timeout", func(t *testing.T) {
-		s := newDNS(t, "")
+		s := dnstest.New(t, "")
 		s.SetSilent(true)
 		r := newResolver(t, time.Minute, s.Addr)
 		ctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
@@ -308,7 +309,7 @@ func TestLookupErrors(t *testing.T) {
 		require.Less(t, time.Since(start), 30*time.Second, "the context's deadline bounds the query")
 	})
 	t.Run("SERVFAIL", func(t *testing.T) {
-		s := newDNS(t, "example.org. 300 TXT \"x\"")
+		s := dnstest.New(t, "example.org. 300 TXT \"x\"")
 		s.SetServFail("example.org", true)
 		r := newResolver(t, time.Second, s.Addr)
 		_, err := r.Lookup(ctx, "example.org", dns.TypeTXT)

@@ -1,17 +1,14 @@
 package dnsx
 
 import (
-	"fmt"
 	"net"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
 	"relay/internal/config"
-	"relay/internal/dnstest"
 )
 
 // serve starts a real DNS server on 127.0.0.1 (UDP and TCP on one kernel-chosen port)
@@ -72,41 +69,3 @@ func newResolver(t testing.TB, timeout time.Duration, servers ...string) *Resolv
 }
 
 func dur(d time.Duration) config.Duration { return config.Duration{Duration: d} }
-
-// newDNS is dnstest.New, tried again when the TCP port matching the kernel's UDP choice
-// is taken, which happens when other tests on the machine leave thousands of loopback
-// connections in TIME_WAIT. (dnstest.New should retry by itself; then this can go.)
-func newDNS(t testing.TB, zone string) *dnstest.Server {
-	t.Helper()
-	for attempt := 0; ; attempt++ {
-		s, msg := tryDNS(t, zone)
-		if s != nil {
-			return s
-		}
-		if attempt == 20 || !strings.Contains(msg, "address already in use") {
-			t.Fatal(msg)
-		}
-	}
-}
-
-// failFast turns dnstest's t.Fatalf into a panic that tryDNS recovers.
-type failFast struct {
-	testing.TB
-}
-
-type fatal string
-
-func (f failFast) Fatalf(format string, args ...any) { panic(fatal(fmt.Sprintf(format, args...))) }
-
-func tryDNS(t testing.TB, zone string) (s *dnstest.Server, msg string) {
-	defer func() {
-		if r := recover(); r != nil {
-			f, ok := r.(fatal)
-			if !ok {
-				panic(r)
-			}
-			s, msg = nil, string(f)
-		}
-	}()
-	return dnstest.New(failFast{t}, zone), ""
-}

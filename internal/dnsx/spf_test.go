@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"relay/internal/config"
+	"relay/internal/dnstest"
 	"relay/internal/policy"
 )
 
@@ -77,7 +78,7 @@ voids.example.          TXT "v=spf1 a:n1.voids.example a:n2.voids.example a:n3.v
 `
 
 func TestSPF(t *testing.T) {
-	s := newDNS(t, spfZone)
+	s := dnstest.New(t, spfZone)
 	tests := []struct {
 		domain string
 		ips    []netip.Addr
@@ -113,7 +114,7 @@ func TestSPF(t *testing.T) {
 
 func TestSPFTemporary(t *testing.T) {
 	t.Run("SERVFAIL", func(t *testing.T) {
-		s := newDNS(t, spfZone)
+		s := dnstest.New(t, spfZone)
 		s.SetServFail("pass.example", true)
 		a := newAuthorizer(t, testConfig(s.Addr, ip4, ip6))
 		c := a.SPF(context.Background(), "pass.example")
@@ -122,7 +123,7 @@ func TestSPFTemporary(t *testing.T) {
 		require.Equal(t, "spf temperror: lookup pass.example on "+s.Addr+": SERVFAIL", c.Detail)
 	})
 	t.Run("include fails", func(t *testing.T) {
-		s := newDNS(t, spfZone)
+		s := dnstest.New(t, spfZone)
 		s.SetServFail("_spf6.include.example", true)
 		a := newAuthorizer(t, testConfig(s.Addr, ip4, ip6))
 		c := a.SPF(context.Background(), "include.example")
@@ -133,7 +134,7 @@ func TestSPFTemporary(t *testing.T) {
 // A server that never answers: the check ends at [spf] timeout, not at the (longer) DNS
 // timeout, and policy falls back or defers as configured.
 func TestSPFServerNeverAnswers(t *testing.T) {
-	s := newDNS(t, spfZone)
+	s := dnstest.New(t, spfZone)
 	s.SetSilent(true)
 	cfg := testConfig(s.Addr, ip4, ip6)
 	cfg.DNS.Timeout = dur(time.Minute)
@@ -164,7 +165,7 @@ func TestSPFServerNeverAnswers(t *testing.T) {
 }
 
 func TestSPFDecision(t *testing.T) {
-	s := newDNS(t, spfZone)
+	s := dnstest.New(t, spfZone)
 	cfg := testConfig(s.Addr, ip4, ip6)
 	cfg.DKIM.DelegationCheck = false
 	a := newAuthorizer(t, cfg)
@@ -186,7 +187,7 @@ func TestSPFDecision(t *testing.T) {
 
 // The checks of the IPs of one evaluation share lookups: one query per name and type.
 func TestSPFEvaluationAsksOnce(t *testing.T) {
-	s := newDNS(t, spfZone)
+	s := dnstest.New(t, spfZone)
 	a := newAuthorizer(t, testConfig(s.Addr, ip4, ip6))
 	require.True(t, a.SPF(context.Background(), "include.example").OK)
 	require.Equal(t, 1, s.Queries("include.example", 0))
@@ -196,7 +197,7 @@ func TestSPFEvaluationAsksOnce(t *testing.T) {
 }
 
 func TestSPFNoSendingIPs(t *testing.T) {
-	s := newDNS(t, spfZone)
+	s := dnstest.New(t, spfZone)
 	a := newAuthorizer(t, testConfig(s.Addr))
 	require.Equal(t, policy.Check{Detail: "spf not checked: no [spf] sending_ips"}, a.SPF(context.Background(), "pass.example"))
 	require.Zero(t, s.Total())

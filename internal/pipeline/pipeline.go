@@ -8,9 +8,6 @@ package pipeline
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/base32"
-	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net/mail"
@@ -20,6 +17,7 @@ import (
 
 	"relay/internal/config"
 	"relay/internal/policy"
+	"relay/internal/queueid"
 	"relay/internal/rewrite"
 	"relay/internal/signer"
 )
@@ -96,7 +94,7 @@ func (p *Pipeline) Process(ctx context.Context, in Input) (Result, error) {
 	cfg := st.Config
 	res := Result{ID: in.ID}
 	if res.ID == "" {
-		res.ID = NewID()
+		res.ID = queueid.New(time.Now())
 	}
 	// Bare LFs would reach the upstream as CRLF anyway (SMTP clients write lines), so sign
 	// what will be transmitted.
@@ -229,17 +227,6 @@ func findUnit(cfg *config.Config, name string) *config.Unit {
 	}
 	return nil
 }
-
-// NewID returns a queue id: 16 base32 characters, time-ordered then random, so ids sort
-// by arrival in listings and never collide across restarts or instances.
-func NewID() string {
-	var b [10]byte
-	binary.BigEndian.PutUint32(b[:4], uint32(time.Now().Unix()))
-	rand.Read(b[4:])
-	return strings.ToLower(idEncoding.EncodeToString(b[:]))
-}
-
-var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 
 // CRLF converts bare LF line ends to CRLF: messages read from files (`relay send
 // -message`) have them, and SMTP clients send them in DATA.

@@ -144,16 +144,6 @@ func TestCRLF(t *testing.T) {
 	}
 }
 
-func TestNewID(t *testing.T) {
-	seen := map[string]bool{}
-	for range 1000 {
-		id := NewID()
-		require.Len(t, id, 16)
-		require.False(t, seen[id])
-		seen[id] = true
-	}
-}
-
 // BenchmarkPipeline is the per-message cost of policy + rewrite + sign, the work the relay
 // adds to each message before the spool. Run it with the signer's BenchmarkBareSignature in
 // one command to compare with the signature alone:

@@ -1,12 +1,8 @@
 package smtpd
 
 import (
-	"crypto/rand"
-	"encoding/base32"
-	"encoding/binary"
 	"errors"
 	"strings"
-	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -131,15 +127,3 @@ func validAddress(addr string) bool {
 	}
 	return !strings.ContainsAny(domain, "()<>[]:;@\\,\" \t")
 }
-
-// newID returns a queue id: 16 lower-case base32 characters, 4 bytes of Unix seconds then 6
-// random bytes, so ids sort by arrival and do not collide across restarts or instances.
-// Same format as pipeline.NewID.
-func newID(now time.Time) string {
-	var b [10]byte
-	binary.BigEndian.PutUint32(b[:4], uint32(now.Unix()))
-	rand.Read(b[4:])
-	return strings.ToLower(idEncoding.EncodeToString(b[:]))
-}
-
-var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)

@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"relay/internal/config"
+	"relay/internal/queueid"
 )
 
 // session is one go-smtp Session: the state of one connection between EHLO (or STARTTLS)
@@ -212,7 +213,7 @@ func (s *session) Data(r io.Reader) error {
 
 	now := s.srv.now()
 	in := &Inbound{
-		ID:             newID(now),
+		ID:             queueid.New(now),
 		ClientIP:       s.ip,
 		Helo:           s.sc.Hostname(),
 		TLS:            s.tls,

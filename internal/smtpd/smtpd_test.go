@@ -579,12 +579,3 @@ func TestValidAddress(t *testing.T) {
 		require.Equal(t, want, validAddress(addr), "%q", addr)
 	}
 }
-
-func TestNewID(t *testing.T) {
-	now := time.Unix(1767225600, 0)
-	a, b := newID(now), newID(now.Add(time.Second))
-	require.Len(t, a, 16)
-	require.Equal(t, strings.ToLower(a), a)
-	require.Less(t, a[:6], b[:6]+"~", "time first")
-	require.NotEqual(t, a, newID(now))
-}
