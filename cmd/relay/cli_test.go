@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"relay/internal/dkimkey"
+	"relay/internal/dnstest"
 )
 
 // runCLI runs the relay's command line in-process from the repository root, where
@@ -167,4 +169,27 @@ func TestUsage(t *testing.T) {
 	require.Contains(t, errs, "unknown command")
 	code, _, _ = runCLI(t, "")
 	require.Equal(t, 2, code)
+}
+
+// The live checks show in the dry-run output with their details (issue: live
+// authorization): a real DNS server on loopback serves the SPF and delegation records.
+func TestSendDryRunLiveChecks(t *testing.T) {
+	dns := dnstest.New(t, zone(t))
+	dir := t.TempDir()
+	path := filepath.Join(dir, "relay.toml")
+	text := fmt.Sprintf(baseConfig, "127.0.0.1:9", dns.Addr, "direct", keyDefault, keyExampleEd, keyExampleRSA, filepath.Join(dir, "spool"))
+	require.NoError(t, os.WriteFile(path, []byte(text), 0o600))
+
+	for _, tc := range []struct{ from, want string }{
+		{"app@spf-ok.example", "effective: app@spf-ok.example\nenvelope:  app@spf-ok.example\nreply-to:  (none)\n" +
+			"reason:    spf-pass (spf-ok.example: spf pass for 203.0.113.10)\ndkim:      d=example.net s=default\n"},
+		{"news@delegated.example", "effective: news@delegated.example\nenvelope:  noreply@example.net\nreply-to:  (none)\n" +
+			"reason:    dkim-delegated (delegated.example: dkim key published at default._domainkey.delegated.example (via CNAME default._domainkey.example.net))\n" +
+			"dkim:      d=delegated.example s=default\n"},
+		{"alice@softfail.example", "reason:    fallback-global (softfail.example: not listed; spf softfail for 203.0.113.10; no DKIM record at default._domainkey.softfail.example)\n"},
+	} {
+		code, out, errs := runCLI(t, "", "send", "-config", path, "-dry-run", "-from", tc.from)
+		require.Equal(t, 0, code, errs)
+		require.Contains(t, out, tc.want)
+	}
 }

@@ -329,3 +329,35 @@ func TestProcessSpoolUnwritable(t *testing.T) {
 	up.wait(t, 1)
 	p.stop()
 }
+
+func TestProcessReload(t *testing.T) {
+	up := newSink(t)
+	path, _ := procConfig(t, up, nil)
+	p := startProc(t, path)
+	e := &relayEnv{t: t, addr: p.addr}
+	send := func() string {
+		t.Helper()
+		n := len(up.messages())
+		reply, err := e.send("app@partner.example", []string{"b@dest.example"}, fmt.Sprintf(msgTmpl, "bob@partner.example"))
+		require.NoError(t, err)
+		require.Equal(t, 250, reply.Code, reply.Message)
+		return up.wait(t, n+1)[n].From
+	}
+	require.Equal(t, "noreply@example.net", send(), "partner.example is not allowed yet")
+
+	text, err := os.ReadFile(path)
+	require.NoError(t, err)
+	good := strings.Replace(string(text), `allowed_domains = ["example.com", "*.example.com"]`, `allowed_domains = ["example.com", "*.example.com", "partner.example"]`, 1)
+	require.NoError(t, os.WriteFile(path, []byte(good), 0o600))
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	waitFor(t, "the reload", func() bool { return strings.Contains(p.log.String(), "configuration reloaded") })
+	require.Equal(t, "app@partner.example", send(), "the reloaded list applies")
+
+	// An invalid file is refused and the running configuration stays.
+	require.NoError(t, os.WriteFile(path, []byte(good+"\nbogus_key = 1\n"), 0o600))
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	waitFor(t, "the refusal", func() bool { return strings.Contains(p.log.String(), "reload refused") })
+	require.Contains(t, p.log.String(), "bogus_key")
+	require.Equal(t, "app@partner.example", send())
+	p.stop()
+}
