@@ -361,3 +361,45 @@ func TestProcessReload(t *testing.T) {
 	require.Equal(t, "app@partner.example", send())
 	p.stop()
 }
+
+func TestProcessQueueCommands(t *testing.T) {
+	up := newSink(t)
+	up.setFailAll(&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"})
+	path, _ := procConfig(t, up, func(s string) string {
+		return strings.Replace(s, `retry_min = "50ms"`+"\n"+`retry_max = "200ms"`, `retry_min = "1h"`+"\n"+`retry_max = "2h"`, 1)
+	})
+	p := startProc(t, path)
+	queue := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(relayBinary(t), append([]string{"queue", "-config", path}, args...)...).CombinedOutput()
+		require.NoError(t, err, string(out))
+		return string(out)
+	}
+	require.Len(t, sendLoad(p.addr, 2, 1, nil), 2)
+	var ids []string
+	waitFor(t, "two failed attempts", func() bool {
+		out := queue("list")
+		ids = regexp.MustCompile(`(?m)^([a-z2-7]{16}) .* 1 +in `).FindAllString(out, -1)
+		return len(ids) == 2
+	})
+	id0, id1 := ids[0][:16], ids[1][:16]
+	show := queue("show", id0)
+	require.Contains(t, show, "pending:    rcpt@dest.example")
+	require.Contains(t, show, "451")
+	require.Contains(t, show, "X-Seq: ")
+
+	require.Contains(t, queue("delete", id1), "deleted")
+	require.NotContains(t, queue("list"), id1)
+
+	// The next try is an hour away; `queue retry` makes it now.
+	up.setFailAll(nil)
+	require.Contains(t, queue("retry"), "scheduled")
+	up.wait(t, 1)
+	waitFor(t, "the spool to empty", func() bool { return strings.Contains(queue("list"), "queue is empty") })
+	require.Len(t, up.messages(), 1, "the deleted message is never delivered")
+
+	out, err := exec.Command(relayBinary(t), "queue", "-config", path, "show", "zzzzzzzzzzzzzzzz").CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "zzzzzzzzzzzzzzzz")
+	p.stop()
+}

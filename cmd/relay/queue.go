@@ -55,7 +55,9 @@ func cmdQueue(e env) int {
 				from = "<>"
 			}
 			next := "now"
-			if en.NextTry.After(now) {
+			if en.RetryRequested {
+				next = "now (requested)"
+			} else if en.NextTry.After(now) {
 				next = "in " + en.NextTry.Sub(now).Round(time.Second).String()
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", en.ID, now.Sub(en.Received).Round(time.Second),
@@ -76,8 +78,12 @@ func cmdQueue(e env) int {
 		if from == "" {
 			from = "<>"
 		}
-		fmt.Fprintf(e.stdout, "id:         %s\nreceived:   %s\nsender:     %s\nrecipients: %s\nattempts:  %d\nnext try:   %s\nlast error: %s\n\n",
-			en.ID, en.Received.Format(time.RFC3339), from, strings.Join(en.To, ", "), en.Attempts,
+		done := strings.Join(en.Done, ", ")
+		if done == "" {
+			done = "-"
+		}
+		fmt.Fprintf(e.stdout, "id:         %s\nreceived:   %s\nsize:       %d\nsender:     %s\npending:    %s\ndone:       %s\nattempts:   %d\nnext try:   %s\nlast error: %s\n\n",
+			en.ID, en.Received.Format(time.RFC3339), en.Size, from, strings.Join(en.To, ", "), done, en.Attempts,
 			en.NextTry.Format(time.RFC3339), en.LastError)
 		e.stdout.Write(msg)
 		return 0

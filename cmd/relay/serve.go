@@ -73,6 +73,7 @@ type server struct {
 	mode     string
 	p        *pipeline.Pipeline
 	smtp     *smtpd.Server
+	spool    *spool.Spool
 	sender   deliver.Sender
 	lns      []net.Listener
 	serveErr chan error
@@ -118,6 +119,7 @@ func start(cfg *config.Config, dry bool, log *slog.Logger) (*server, error) {
 				return nil, fmt.Errorf("spool: %w", err)
 			}
 			s.p.Submit = sp
+			s.spool = sp
 			s.bg.Add(1)
 			go func() { defer s.bg.Done(); sp.Run(runCtx) }()
 		}
@@ -196,6 +198,9 @@ func (s *server) stop(grace time.Duration) {
 	case <-done:
 	case <-ctx.Done():
 		s.log.Warn("deliveries still running at the end of the grace period; they stay spooled")
+	}
+	if s.spool != nil {
+		s.spool.Close() // cancels what still runs; the spool keeps it for the next start
 	}
 	if s.sender != nil {
 		s.sender.Close()

@@ -79,7 +79,7 @@ func entry(dir, id string) (Entry, error) {
 
 func newEntry(dir, id string, env envelope, st state) Entry {
 	e := Entry{
-		ID: id, Received: env.Received, From: env.From, Size: env.Size,
+		ID: id, Received: env.Received, From: string(env.From), Size: env.Size,
 		Attempts: st.Attempts, NextTry: st.NextTry, LastError: st.LastError,
 		RetryRequested: requested(dir, "retry-"+id),
 	}
@@ -189,9 +189,14 @@ func (s *Spool) applyRequests() {
 	ctl := filepath.Join(s.o.Dir, ctlDir)
 	ents, err := os.ReadDir(ctl)
 	if err != nil {
-		s.log.Error("spool: read requests", "dir", ctl, "err", err)
+		// Once per outage, not every PollInterval.
+		if !s.ctlBroken {
+			s.log.Error("spool: read requests", "dir", ctl, "err", err)
+		}
+		s.ctlBroken = true
 		return
 	}
+	s.ctlBroken = false
 	for _, e := range ents {
 		name := e.Name()
 		s.mu.Lock()

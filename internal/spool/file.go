@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // On-disk layout of a spool directory (state on disk is the truth; the server's memory is a
@@ -22,12 +23,14 @@ import (
 //	.tmp-*      a file being written; left over only by a crash, removed by Open
 //	ID.bad      a message file that could not be parsed, set aside by Open for the admin
 //	ctl/        requests from `relay queue` to the running server (see admin.go)
+//	lock        flocked by the server that has the spool open
 const (
 	msgSuffix   = ".msg"
 	stateSuffix = ".state"
 	badSuffix   = ".bad"
 	tmpPrefix   = ".tmp-"
 	ctlDir      = "ctl"
+	lockFile    = "lock"
 
 	// magic starts every message file; the number is the format version.
 	magic = "RELAY-SPOOL-1 "
@@ -39,9 +42,9 @@ const (
 
 // envelope is the first line of a message file, after magic.
 type envelope struct {
-	From     string    `json:"from"`
-	To       []string  `json:"to"`
-	Received time.Time `json:"received"`
+	From     rawString  `json:"from"`
+	To       rawStrings `json:"to"`
+	Received time.Time  `json:"received"`
 	// Size is the length of the message that follows: a shorter file is damaged.
 	Size int `json:"size"`
 }
@@ -50,16 +53,67 @@ type envelope struct {
 // there is never attempted again (SPEC §8: a delivered recipient must not be re-sent
 // because of a later failure of another one).
 type state struct {
-	Attempts  int       `json:"attempts"`
-	NextTry   time.Time `json:"next_try"`
-	LastTry   time.Time `json:"last_try"`
-	LastError string    `json:"last_error,omitempty"`
-	Delivered []string  `json:"delivered,omitempty"`
-	Bounced   []string  `json:"bounced,omitempty"`
+	Attempts  int        `json:"attempts"`
+	NextTry   time.Time  `json:"next_try"`
+	LastTry   time.Time  `json:"last_try"`
+	LastError string     `json:"last_error,omitempty"`
+	Delivered rawStrings `json:"delivered,omitempty"`
+	Bounced   rawStrings `json:"bounced,omitempty"`
 }
 
 func (st *state) done(rcpt string) bool {
 	return slices.Contains(st.Delivered, rcpt) || slices.Contains(st.Bounced, rcpt)
+}
+
+// rawString is a string that survives JSON byte for byte. encoding/json would turn
+// invalid UTF-8 into U+FFFD, and an address is not ours to change: one that is not UTF-8
+// is written as {"base64": "..."} instead.
+type rawString string
+
+type rawStrings []string
+
+func (s rawString) MarshalJSON() ([]byte, error) {
+	if utf8.ValidString(string(s)) {
+		return json.Marshal(string(s))
+	}
+	return json.Marshal(struct {
+		Base64 []byte `json:"base64"`
+	}{[]byte(s)})
+}
+
+func (s *rawString) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '{' {
+		var v struct {
+			Base64 []byte `json:"base64"`
+		}
+		err := json.Unmarshal(b, &v)
+		*s = rawString(v.Base64)
+		return err
+	}
+	var v string
+	err := json.Unmarshal(b, &v)
+	*s = rawString(v)
+	return err
+}
+
+func (l rawStrings) MarshalJSON() ([]byte, error) {
+	r := make([]rawString, len(l))
+	for i, s := range l {
+		r[i] = rawString(s)
+	}
+	return json.Marshal(r)
+}
+
+func (l *rawStrings) UnmarshalJSON(b []byte) error {
+	var r []rawString
+	if err := json.Unmarshal(b, &r); err != nil {
+		return err
+	}
+	*l = make(rawStrings, len(r))
+	for i, s := range r {
+		(*l)[i] = string(s)
+	}
+	return nil
 }
 
 // validID keeps ids usable as file names: no path separators, no leading dot (temp files
@@ -239,6 +293,15 @@ func removeFiles(dir, id string) error {
 		return err
 	}
 	err = os.Remove(statePath(dir, id))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// removeMsg removes a message that never had a state file.
+func removeMsg(dir, id string) error {
+	err := os.Remove(msgPath(dir, id))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}

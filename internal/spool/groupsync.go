@@ -1,15 +1,12 @@
 package spool
 
-import (
-	"os"
-	"sync"
-)
+import "sync"
 
 // groupSync fsyncs a directory for many callers at once: a caller joins the open batch;
 // one of them (the leader) closes it and fsyncs, and every member returns when that
 // fsync is done. Callers that arrive during an fsync form the next batch.
 type groupSync struct {
-	f    *os.File
+	sync func() error // the fsync
 	mu   sync.Mutex
 	cond sync.Cond
 	next uint64 // the open batch
@@ -20,8 +17,8 @@ type groupSync struct {
 	err error
 }
 
-func newGroupSync(f *os.File) *groupSync {
-	g := &groupSync{f: f, next: 1}
+func newGroupSync(sync func() error) *groupSync {
+	g := &groupSync{sync: sync, next: 1}
 	g.cond.L = &g.mu
 	return g
 }
@@ -39,7 +36,7 @@ func (g *groupSync) Sync() error {
 		batch := g.next
 		g.next++
 		g.mu.Unlock()
-		err := g.f.Sync()
+		err := g.sync()
 		g.mu.Lock()
 		g.busy = false
 		g.done = batch
@@ -48,5 +45,12 @@ func (g *groupSync) Sync() error {
 		}
 		g.cond.Broadcast()
 	}
+	return g.err
+}
+
+// Err is the error of a failed fsync, which every later Sync returns too.
+func (g *groupSync) Err() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	return g.err
 }

@@ -237,14 +237,14 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	require.Eventually(t, cond, 20*time.Second, 2*time.Millisecond, what)
 }
 
-// files lists the entries of dir, except ctl/.
+// files lists the entries of dir, except ctl/ and the lock.
 func files(t *testing.T, dir string) []string {
 	t.Helper()
 	ents, err := os.ReadDir(dir)
 	require.NoError(t, err)
 	var names []string
 	for _, e := range ents {
-		if e.Name() != ctlDir {
+		if e.Name() != ctlDir && e.Name() != lockFile {
 			names = append(names, e.Name())
 		}
 	}

@@ -261,7 +261,12 @@ func (s *Spool) finish(m *message, data []byte, start time.Time, delivered []str
 		return
 	}
 	if left == 0 {
-		if err := removeFiles(s.o.Dir, m.id); err != nil {
+		remove := removeFiles
+		if !m.stateOnDisk {
+			// The common case: delivered at the first attempt, one file to remove.
+			remove = removeMsg
+		}
+		if err := remove(s.o.Dir, m.id); err != nil {
 			// The message will be loaded again at the next start with the recipients
 			// of its last persisted state: at-least-once.
 			s.log.Error("spool: remove delivered message", "id", m.id, "err", err)
@@ -271,12 +276,16 @@ func (s *Spool) finish(m *message, data []byte, start time.Time, delivered []str
 		s.mu.Unlock()
 		return
 	}
-	if err := s.persist(m.id, st); err != nil {
+	err := s.persist(m.id, st)
+	if err != nil {
 		// The message stays queued in memory and on disk; what is lost is only the
 		// record of this attempt, so a restart may repeat deliveries, never drop one.
 		s.log.Error("spool: persist state", "id", m.id, "err", err)
 	}
 	s.mu.Lock()
+	// Even a failed write may have left a state file (renamed, then the directory fsync
+	// failed): only a success without one would be wrong to assume.
+	m.stateOnDisk = true
 	deleted = m.deleted
 	if !deleted {
 		s.schedule(m, now)
@@ -298,7 +307,7 @@ func (s *Spool) persist(id string, st state) error {
 	if err != nil {
 		return err
 	}
-	return writeFile(s.dir, id+stateSuffix, s.dir.Sync, b)
+	return writeFile(s.dir, id+stateSuffix, s.syncDir, b)
 }
 
 // forget drops m from memory, its file being gone.
@@ -409,9 +418,9 @@ func oneLine(s string) string {
 	return s
 }
 
-func rcpts(os []outcome) []string {
+func rcpts(outs []outcome) []string {
 	var r []string
-	for _, o := range os {
+	for _, o := range outs {
 		r = append(r, o.rcpt)
 	}
 	return r

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"relay/internal/deliver"
@@ -78,15 +79,21 @@ type Options struct {
 
 // Spool is an open spool directory and its delivery engine.
 type Spool struct {
-	o   Options
-	log *slog.Logger
-	dir *os.File // held open to fsync the directory
-	group *groupSync
+	o    Options
+	log  *slog.Logger
+	dir  *os.File // held open to fsync the directory
+	lock *os.File // DIR/lock, flocked while open: one server per spool
+	// syncDir fsyncs the directory after a rename. It batches the fsyncs of concurrent
+	// writers (groupSync): up to 1.7x the messages per second of one fsync each on ext4,
+	// which already merges concurrent journal commits (BenchmarkSubmit measures both).
+	dirSync *groupSync
+	syncDir func() error
 
 	// abort ends deliveries in flight; Close calls it.
 	abort     context.Context
 	abortFunc context.CancelFunc
 	running   atomic.Bool
+	ctlBroken bool // the last look at ctl/ failed; only the dispatcher (or Open) uses it
 
 	mu      sync.Mutex
 	msgs    map[string]*message // every message in the spool, by id
@@ -112,7 +119,9 @@ type message struct {
 	st       state
 	index    int  // in Spool.waiting; -1 when not there
 	inflight bool // a worker has it
-	deleted  bool // `relay queue delete` removed it; forget it after the attempt
+	// stateOnDisk: an ID.state file may exist, to be removed with the message.
+	stateOnDisk bool
+	deleted     bool // `relay queue delete` removed it; forget it after the attempt
 }
 
 func (m *message) pending() []string {
@@ -188,18 +197,25 @@ func Open(o Options) (*Spool, error) {
 	if err := os.MkdirAll(filepath.Join(o.Dir, ctlDir), 0o700); err != nil {
 		return nil, fmt.Errorf("spool %s: %w", o.Dir, err)
 	}
-	d, err := os.Open(o.Dir)
+	lock, err := lockDir(o.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("spool %s: %w", o.Dir, err)
 	}
+	d, err := os.Open(o.Dir)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("spool %s: %w", o.Dir, err)
+	}
 	s := &Spool{
-		o: o, log: o.Log, dir: d,
+		o: o, log: o.Log, dir: d, lock: lock, dirSync: newGroupSync(d.Sync),
 		msgs: map[string]*message{},
 		kick: make(chan struct{}, 1),
 	}
+	s.syncDir = s.dirSync.Sync
 	s.abort, s.abortFunc = context.WithCancel(context.Background())
 	if err := s.recover(); err != nil {
 		d.Close()
+		lock.Close()
 		return nil, fmt.Errorf("spool %s: recover: %w", o.Dir, err)
 	}
 	s.applyRequests()
@@ -231,8 +247,8 @@ func (s *Spool) recover() error {
 		}
 		env, err := readEnvelope(msgPath(s.o.Dir, id))
 		if err != nil {
-			// Not ours to delete: the admin decides (relay queue shows .bad files as
-			// an error in the log only).
+			// Not ours to delete: set aside for the admin, who learns of it from this
+			// log line (`relay queue list` shows only loadable messages).
 			s.log.Error("spool: damaged message file set aside", "id", id, "err", err)
 			if err := os.Rename(msgPath(s.o.Dir, id), filepath.Join(s.o.Dir, id+badSuffix)); err != nil {
 				return err
@@ -247,7 +263,7 @@ func (s *Spool) recover() error {
 			st = state{}
 		}
 		hasMsg[id] = true
-		m := &message{id: id, from: env.From, to: env.To, received: env.Received, size: env.Size, st: st, index: -1}
+		m := &message{id: id, from: string(env.From), to: env.To, received: env.Received, size: env.Size, st: st, index: -1, stateOnDisk: true}
 		if len(m.pending()) == 0 {
 			// Every recipient was done but the crash came before the removal.
 			if err := removeFiles(s.o.Dir, id); err != nil {
@@ -326,15 +342,11 @@ func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data [
 
 // write puts the message file on disk durably.
 func (s *Spool) write(m *message, data []byte) error {
-	line, err := encodeEnvelope(envelope{From: m.from, To: m.to, Received: m.received, Size: len(data)})
+	line, err := encodeEnvelope(envelope{From: rawString(m.from), To: m.to, Received: m.received, Size: len(data)})
 	if err != nil {
 		return err
 	}
-	sync := s.dir.Sync
-	if s.group != nil {
-		sync = s.group.Sync
-	}
-	return writeFile(s.dir, m.id+msgSuffix, sync, line, data)
+	return writeFile(s.dir, m.id+msgSuffix, s.syncDir, line, data)
 }
 
 func dedup(to []string) []string {
@@ -367,7 +379,24 @@ func (s *Spool) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	s.abortFunc()
-	return s.dir.Close()
+	return cmp.Or(s.dir.Close(), s.lock.Close())
+}
+
+// lockDir takes DIR/lock: two servers on one spool would deliver every message twice
+// and overwrite each other's state.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, errors.New("in use by another relay process")
+		}
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	return f, nil
 }
 
 // Stats is a snapshot of the spool for metrics and health checks.
@@ -400,6 +429,9 @@ func (s *Spool) Stats() Stats {
 // Writable checks that a message could be spooled now (for /readyz): it writes, syncs and
 // removes a small file.
 func (s *Spool) Writable() error {
+	if err := s.dirSync.Err(); err != nil {
+		return fmt.Errorf("spool %s: %w", s.o.Dir, err)
+	}
 	f, err := os.CreateTemp(s.o.Dir, tmpPrefix+"probe-*")
 	if err != nil {
 		return fmt.Errorf("spool %s: %w", s.o.Dir, err)

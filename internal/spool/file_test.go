@@ -1,0 +1,97 @@
+package spool
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// FuzzSplitMessage: whatever a message file holds, reading it never panics, and what it
+// accepts survives a write and a read again unchanged.
+func FuzzSplitMessage(f *testing.F) {
+	line, _ := encodeEnvelope(envelope{From: "a@b", To: rawStrings{"c@d"}, Received: time.Unix(1, 0).UTC(), Size: 5})
+	f.Add(append(line, "hello"...))
+	f.Add([]byte(magic + "{\"to\":[\"x\"],\"size\":0}\n"))
+	f.Add([]byte(magic + "{\"to\":[],\"size\":0}\n"))
+	f.Add([]byte(magic + "{\"to\":[\"x\"],\"size\":-1}\n"))
+	f.Add([]byte("garbage"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		env, data, err := splitMessage(b)
+		if err != nil {
+			return
+		}
+		require.NotEmpty(t, env.To)
+		require.Len(t, data, env.Size)
+		line, err := encodeEnvelope(env)
+		require.NoError(t, err)
+		require.Equal(t, 1, bytes.Count(line, []byte("\n")), "the envelope is one line")
+		env2, data2, err := splitMessage(append(line, data...))
+		require.NoError(t, err)
+		require.Equal(t, env.From, env2.From)
+		require.Equal(t, env.To, env2.To)
+		require.True(t, env.Received.Equal(env2.Received))
+		require.Equal(t, data, data2)
+	})
+}
+
+// FuzzEnvelopeRoundTrip: any envelope and message, control characters included, come back
+// from the file as they went in.
+func FuzzEnvelopeRoundTrip(f *testing.F) {
+	f.Add("alice@example.com", "bob@example.net\ncarol@example.org", []byte("Subject: x\r\n\r\nbody\r\n"))
+	f.Add("", "a\"b\\c@d", []byte(""))
+	f.Add("ü@ö.de", "\x00\r\n", []byte("\n\n"))
+	f.Fuzz(func(t *testing.T, from, to string, data []byte) {
+		rcpts := strings.Split(to, "\n")
+		env := envelope{From: rawString(from), To: rcpts, Received: time.Unix(1700000000, 5).UTC(), Size: len(data)}
+		line, err := encodeEnvelope(env)
+		require.NoError(t, err)
+		got, gotData, err := splitMessage(append(line, data...))
+		require.NoError(t, err)
+		require.Equal(t, from, string(got.From))
+		require.Equal(t, rcpts, []string(got.To))
+		require.Equal(t, data, gotData)
+	})
+}
+
+func TestReadEnvelope(t *testing.T) {
+	dir := t.TempDir()
+	long := make([]string, 300) // an envelope line longer than bufio's buffer
+	for i := range long {
+		long[i] = strings.Repeat("r", 40) + "@example.net"
+	}
+	ok, _ := encodeEnvelope(envelope{From: "a@b", To: rawStrings{"c@d"}, Size: 3})
+	big, _ := encodeEnvelope(envelope{From: "a@b", To: long, Size: 3})
+	for _, tc := range []struct {
+		name    string
+		content string
+		wantErr string
+	}{
+		{"whole", string(ok) + "abc", ""},
+		{"long envelope", string(big) + "abc", ""},
+		{"short message", string(ok) + "ab", "the envelope says"},
+		{"long message", string(ok) + "abcd", "the envelope says"},
+		{"no newline", string(ok[:len(ok)-1]), "no complete envelope line"},
+		{"empty", "", "no complete envelope line"},
+		{"foreign", "From: x\r\n\r\n", "not a spool message file"},
+		{"bad json", magic + "{\n", "envelope:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, "x.msg")
+			require.NoError(t, os.WriteFile(path, []byte(tc.content), 0o600))
+			_, err := readEnvelope(path)
+			_, _, err2 := readMessage(path)
+			if tc.wantErr == "" {
+				require.NoError(t, err)
+				require.NoError(t, err2)
+				return
+			}
+			require.ErrorContains(t, err, tc.wantErr)
+			require.ErrorContains(t, err2, tc.wantErr)
+		})
+	}
+}
