@@ -379,7 +379,7 @@ func TestProcessQueueCommands(t *testing.T) {
 	var ids []string
 	waitFor(t, "two failed attempts", func() bool {
 		out := queue("list")
-		ids = regexp.MustCompile(`(?m)^([a-z2-7]{16}) .* 1 +in `).FindAllString(out, -1)
+		ids = regexp.MustCompile(`(?m)^([0-9a-v]{16}) .* 1 +in `).FindAllString(out, -1)
 		return len(ids) == 2
 	})
 	id0, id1 := ids[0][:16], ids[1][:16]

@@ -10,9 +10,10 @@ import (
 	"time"
 )
 
-var encoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+// The "extended hex" alphabet sorts like the bytes it encodes (RFC 4648 §7).
+var encoding = base32.HexEncoding.WithPadding(base32.NoPadding)
 
-// New returns an id: 16 lower-case base32 characters, 4 bytes of Unix seconds then 6
+// New returns an id: 16 lower-case base32hex characters, 4 bytes of Unix seconds then 6
 // random bytes, so ids sort by arrival and do not collide across restarts or instances.
 func New(now time.Time) string {
 	var b [10]byte

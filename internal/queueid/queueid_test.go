@@ -13,7 +13,7 @@ func TestNew(t *testing.T) {
 	for range 1000 {
 		id := New(now)
 		require.Len(t, id, 16)
-		require.Regexp(t, `^[a-z2-7]{16}$`, id)
+		require.Regexp(t, `^[0-9a-v]{16}$`, id)
 		require.False(t, seen[id], "duplicate id")
 		seen[id] = true
 	}

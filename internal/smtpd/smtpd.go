@@ -27,7 +27,7 @@ import (
 
 // Inbound is one accepted message handed to the pipeline. Data is valid only during Handle.
 type Inbound struct {
-	ID             string     // queue id made by smtpd: 16 lower-case base32 characters, time then random
+	ID             string     // queue id made by smtpd with queueid.New
 	ClientIP       netip.Addr // after any PROXY header
 	Helo           string
 	TLS            bool
