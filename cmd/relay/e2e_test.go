@@ -244,3 +244,38 @@ func TestEndToEndSTARTTLSNotOfferedWithoutCert(t *testing.T) {
 	ok, _ := c.Extension("STARTTLS")
 	require.False(t, ok)
 }
+
+// The rewrite rules over the wire: an existing Reply-To is kept, a Sender of a disallowed
+// domain is removed, Date and Message-ID are added when missing, and every other header
+// line and the body pass byte for byte.
+func TestEndToEndRewriteRules(t *testing.T) {
+	e := startRelay(t, "direct", nil)
+	msg := "From: \"Zoë Müller\" <zoe@gmail.com>\r\n" +
+		"Sender: app@gmail.com\r\n" +
+		"Reply-To: support@customer.example\r\n" +
+		"To: bob@dest.example\r\n" +
+		"X-Custom:  odd   spacing\r\n" +
+		"\tfolded continuation\r\n" +
+		"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n" +
+		"\r\n" +
+		"body line 1\r\n" +
+		"\r\n" +
+		"..dot-stuffed line\r\n"
+	reply, err := e.send("app@gmail.com", []string{"bob@dest.example"}, msg)
+	require.NoError(t, err)
+	require.Equal(t, 250, reply.Code, reply.Message)
+	got := e.sink.wait(t, 1)[0]
+	from := header(got.Data, "From")
+	require.Len(t, from, 1)
+	require.Contains(t, from[0], "=?utf-8?")
+	require.True(t, strings.HasSuffix(from[0], "<noreply@example.net>"), from[0])
+	require.Equal(t, []string{"support@customer.example"}, header(got.Data, "Reply-To"), "an existing Reply-To is kept")
+	require.Empty(t, header(got.Data, "Sender"), "a Sender of a disallowed domain is removed")
+	require.Equal(t, []string{`"Zoë Müller" <zoe@gmail.com>`}, header(got.Data, "X-Original-From"))
+	require.Len(t, header(got.Data, "Date"), 1)
+	require.Len(t, header(got.Data, "Message-ID"), 1)
+	require.Contains(t, string(got.Data), "\r\nX-Custom:  odd   spacing\r\n\tfolded continuation\r\n")
+	require.Contains(t, string(got.Data), "\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n")
+	require.Equal(t, "body line 1\r\n\r\n..dot-stuffed line\r\n", string(body(got.Data)))
+	e.verifyDKIM(got.Data)
+}
