@@ -87,6 +87,9 @@ func start(cfg *config.Config, dry bool, log *slog.Logger) (*server, error) {
 	for _, w := range cfg.Warnings {
 		log.Warn("config", "warning", w)
 	}
+	if cfg.HTTP.Listen != "" {
+		log.Warn("config", "warning", "[http] listen is set, but this version has no HTTP listener yet: nothing listens on "+cfg.HTTP.Listen)
+	}
 	st, err := newState(cfg, nil)
 	if err != nil {
 		return nil, err

@@ -19,6 +19,7 @@ type conn struct {
 	srv     *Server
 	remote  netip.AddrPort // the client, after any PROXY header
 	proxied bool
+	pending []byte // read past the PROXY header, served before the socket (set before go-smtp reads)
 
 	authFails atomic.Int32 // failed AUTH attempts on this connection
 	kicked    atomic.Bool  // too many AUTH failures: read EOF, refuse every command
@@ -42,6 +43,14 @@ func (c *conn) Read(b []byte) (int, error) {
 	}
 	if c.draining.Load() && !c.busy.Load() {
 		return 0, drainError{}
+	}
+	if len(c.pending) > 0 {
+		n := copy(b, c.pending)
+		c.pending = c.pending[n:]
+		if len(c.pending) == 0 {
+			c.pending = nil
+		}
+		return n, nil
 	}
 	return c.Conn.Read(b)
 }

@@ -279,17 +279,10 @@ func (s *Server) dispatch(c *conn, implicitTLS bool) {
 		c.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	if inPrefixes(c.remote.Addr(), g.cfg.SMTP.ProxyFrom) {
-		c.Conn.SetReadDeadline(time.Now().Add(g.timeout))
-		src, err := readProxyHeader(c.Conn)
-		c.Conn.SetReadDeadline(time.Time{})
-		if err != nil {
+		if err := c.readProxyHeader(g.timeout); err != nil {
 			s.log.Warn("smtp proxy header", "peer", c.remote.Addr().String(), "err", err)
 			c.Close()
 			return
-		}
-		if src.IsValid() {
-			c.remote = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-			c.proxied = true
 		}
 	}
 	for {
