@@ -12,7 +12,7 @@ func cmdCheck(e env) int {
 	if !ok {
 		return 1
 	}
-	if _, err := newState(cfg, nil); err != nil {
+	if _, err := newState(cfg); err != nil {
 		fmt.Fprintf(e.stderr, "relay: %s: %v\n", *cfgPath, err)
 		return 1
 	}

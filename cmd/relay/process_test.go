@@ -359,6 +359,12 @@ func TestProcessReload(t *testing.T) {
 	waitFor(t, "the refusal", func() bool { return strings.Contains(p.log.String(), "reload refused") })
 	require.Contains(t, p.log.String(), "bogus_key")
 	require.Equal(t, "app@partner.example", send())
+
+	// Settings read only at start are named in a warning, not silently ignored.
+	require.NoError(t, os.WriteFile(path, []byte(strings.Replace(good, "max_connections = 4", "max_connections = 3", 1)), 0o600))
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	waitFor(t, "the restart warning", func() bool { return strings.Contains(p.log.String(), "only after a restart") })
+	require.Contains(t, p.log.String(), "[upstream]")
 	p.stop()
 }
 

@@ -68,7 +68,7 @@ func cmdSend(e env) int {
 	if !ok {
 		return 1
 	}
-	st, err := newState(cfg, nil)
+	st, err := newState(cfg)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "relay send: %v\n", err)
 		return 1

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"reflect"
 	"sync"
 	"syscall"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"relay/internal/deliver"
 	"relay/internal/pipeline"
 	"relay/internal/rewrite"
+	"relay/internal/signer"
 	"relay/internal/smtpd"
 	"relay/internal/spool"
 )
@@ -53,9 +55,13 @@ func cmdServe(e env) int {
 			return 1
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
-				if err := srv.reload(*cfgPath); err != nil {
+				restart, err := srv.reload(*cfgPath)
+				switch {
+				case err != nil:
 					log.Error("reload refused; the running configuration stays", "config", *cfgPath, "err", err)
-				} else {
+				case len(restart) > 0:
+					log.Warn("configuration reloaded, but these changes take effect only after a restart", "config", *cfgPath, "settings", restart)
+				default:
 					log.Info("configuration reloaded", "config", *cfgPath)
 				}
 				continue
@@ -90,7 +96,7 @@ func start(cfg *config.Config, dry bool, log *slog.Logger) (*server, error) {
 	if cfg.HTTP.Listen != "" {
 		log.Warn("config", "warning", "[http] listen is set, but this version has no HTTP listener yet: nothing listens on "+cfg.HTTP.Listen)
 	}
-	st, err := newState(cfg, nil)
+	st, err := newState(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -212,21 +218,45 @@ func (s *server) stop(grace time.Duration) {
 }
 
 // reload applies a new configuration file; an invalid one is refused and the running
-// configuration stays (SPEC §3).
-func (s *server) reload(path string) error {
+// configuration stays (SPEC §3). It returns the changed settings that only a restart
+// applies. The steps that can fail come first, so a refused reload changes nothing.
+func (s *server) reload(path string) (restart []string, err error) {
 	cfg, err := config.Load(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	st, err := newState(cfg, s.p.State())
+	sg, err := signer.New(cfg.DKIM)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	old := s.p.State()
 	if err := s.smtp.SetConfig(cfg); err != nil {
-		return err
+		return nil, err
+	}
+	st, err := withAuth(cfg, sg, old)
+	if err != nil {
+		s.smtp.SetConfig(old.Config)
+		return nil, err
 	}
 	s.p.Swap(st)
-	return nil
+	return restartOnly(old.Config, cfg), nil
+}
+
+// restartOnly names the settings that differ between a and b but are read only at start:
+// listeners, the upstream and the queue.
+func restartOnly(a, b *config.Config) []string {
+	var keys []string
+	diff := func(key string, x, y any) {
+		if !reflect.DeepEqual(x, y) {
+			keys = append(keys, key)
+		}
+	}
+	diff("smtp.listen", a.SMTP.Listen, b.SMTP.Listen)
+	diff("smtp.implicit_tls_listen", a.SMTP.ImplicitTLSListen, b.SMTP.ImplicitTLSListen)
+	diff("[upstream]", a.Upstream, b.Upstream)
+	diff("[queue]", a.Queue, b.Queue)
+	diff("hostname", a.Hostname, b.Hostname)
+	return keys
 }
 
 // handler adapts the front end's Inbound to the pipeline.

@@ -21,19 +21,24 @@ func load(path string, w io.Writer) (*config.Config, bool) {
 	return cfg, true
 }
 
-// newState loads the keys and builds the live-check authorizer for cfg. prev, when not
-// nil, is the running state: its authorizer (and so its DNS cache) is kept across a reload.
-func newState(cfg *config.Config, prev *pipeline.State) (*pipeline.State, error) {
+// newState loads the keys and builds the live-check authorizer for cfg.
+func newState(cfg *config.Config) (*pipeline.State, error) {
 	sg, err := signer.New(cfg.DKIM)
 	if err != nil {
 		return nil, err
 	}
+	return withAuth(cfg, sg, nil)
+}
+
+// withAuth completes a State with the authorizer of SPF and delegation checks. prev, when
+// not nil, is the running state: its authorizer, and so its DNS cache, is kept unless the
+// settings it depends on changed.
+func withAuth(cfg *config.Config, sg *signer.Signer, prev *pipeline.State) (*pipeline.State, error) {
 	st := &pipeline.State{Config: cfg, Signer: sg}
 	if !cfg.SPF.Enabled && !cfg.DKIM.DelegationCheck {
 		return st, nil
 	}
 	if prev != nil {
-		// The authorizer keeps its cache unless the settings it depends on changed.
 		if a, ok := prev.Auth.(*dnsx.Authorizer); ok && a != nil {
 			if err := a.Reload(cfg, sg.DefaultPublicKey()); err != nil {
 				return nil, fmt.Errorf("dns resolver: %w", err)

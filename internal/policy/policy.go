@@ -172,15 +172,26 @@ func bounceAddress(cfg *config.Config, unit *config.Unit, fallback string) strin
 
 // dkimDomain applies SPEC §6: the effective From domain when it has its own key or
 // publishes ours; else [dkim] domain (which config defaults to the fallback's domain).
+// A From in a subdomain of a domain with its own key is signed with that parent's key:
+// under DMARC's relaxed alignment (the default, RFC 7489 §3.1.1) d=example.com aligns with
+// From: x@mail.example.com, where the fallback's domain would not.
 func dkimDomain(cfg *config.Config, d Decision) string {
 	dom := Domain(d.From)
+	best := ""
 	for _, k := range cfg.DKIM.Keys {
-		if strings.EqualFold(k.Domain, dom) {
+		kd := strings.ToLower(k.Domain)
+		if kd == dom {
 			return dom
+		}
+		if strings.HasSuffix(dom, "."+kd) && len(kd) > len(best) {
+			best = kd
 		}
 	}
 	if d.Delegated {
 		return dom
+	}
+	if best != "" {
+		return best
 	}
 	if cfg.DKIM.Domain != "" {
 		return cfg.DKIM.Domain
@@ -198,7 +209,7 @@ type verdict struct {
 func judge(ctx context.Context, cfg *config.Config, auth Authorizer, unit *config.Unit, addr string, delegation bool) verdict {
 	dom := Domain(addr)
 	if dom == "" {
-		return verdict{detail: fmt.Sprintf("%q: no domain", addr)}
+		return verdict{detail: fmt.Sprintf("%q: no valid domain", addr)}
 	}
 	if Match(cfg.Sender.Domains, dom) {
 		return verdict{ok: true, reason: AllowedDomain, detail: dom + ": listed in [sender] allowed_domains"}

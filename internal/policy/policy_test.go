@@ -192,6 +192,20 @@ func TestDecide(t *testing.T) {
 				Detail: "example.com: listed in [sender] allowed_domains", DKIMDomain: "example.com"},
 		},
 		{
+			name:   "a subdomain is signed with its parent's own key (relaxed alignment)",
+			in:     Input{From: "x@mail.example.org"},
+			mutate: func(c *config.Config) { c.DKIM.Keys = []config.DKIMKey{{Domain: "example.org"}, {Domain: "org"}} },
+			want: Decision{FromOriginal: "x@mail.example.org", From: "x@mail.example.org", Reason: AllowedDomain,
+				Detail: "mail.example.org: listed in [sender] allowed_domains", DKIMDomain: "example.org"},
+		},
+		{
+			name:   "a key for a lookalike suffix does not count",
+			in:     Input{From: "x@mail.example.org"},
+			mutate: func(c *config.Config) { c.DKIM.Keys = []config.DKIMKey{{Domain: "le.org"}} },
+			want: Decision{FromOriginal: "x@mail.example.org", From: "x@mail.example.org", Reason: AllowedDomain,
+				Detail: "mail.example.org: listed in [sender] allowed_domains", DKIMDomain: "relay.example.net"},
+		},
+		{
 			name:   "dkim domain defaults to the fallback's domain",
 			in:     Input{From: "alice@gmail.com"},
 			mutate: func(c *config.Config) { c.DKIM.Domain = "" },
@@ -290,5 +304,8 @@ func TestDomain(t *testing.T) {
 	require.Equal(t, "xn--bcher-kva.example", Domain("x@Bücher.example"))
 	require.Equal(t, "example.com", Domain("x@example.com."))
 	require.Equal(t, "", Domain("no-at-sign"))
+	// Full-width letters would map to example.com under UTS 46, but the header keeps them,
+	// and receivers do not map: such a domain must not match the ASCII one.
+	require.NotEqual(t, "example.com", Domain("ceo@ｅｘａｍｐｌｅ.com"))
 	require.Equal(t, "b.example", Domain(`"a@b"@b.example`))
 }
