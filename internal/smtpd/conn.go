@@ -19,7 +19,12 @@ type conn struct {
 	srv     *Server
 	remote  netip.AddrPort // the client, after any PROXY header
 	proxied bool
-	pending []byte // read past the PROXY header, served before the socket (set before go-smtp reads)
+	// noClient: a trusted balancer sent a PROXY header that names no TCP client (v1
+	// UNKNOWN, v2 LOCAL, a UDP or unix family). remote stays the balancer's address, which
+	// says nothing about who is talking, so the session grants it neither allow_networks
+	// nor loopback trust.
+	noClient bool
+	pending  []byte // read past the PROXY header, served before the socket (set before go-smtp reads)
 
 	authFails atomic.Int32 // failed AUTH attempts on this connection
 	kicked    atomic.Bool  // too many AUTH failures: read EOF, refuse every command

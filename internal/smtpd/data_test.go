@@ -45,8 +45,8 @@ func FuzzDataEnd(f *testing.F) {
 			t.Skip("the content ends the message itself")
 		}
 		for _, line := range bytes.Split(p, []byte("\n")) {
-			if len(line) > 1000 {
-				t.Skip("long lines are refused before the end (TestReplies)")
+			if len(line) > maxLineLength-2 {
+				t.Skip("long lines are refused before the end (TestLongLines)")
 			}
 		}
 		from := fmt.Sprintf("fuzz%d@example.com", n.Add(1))
@@ -71,6 +71,85 @@ func FuzzDataEnd(f *testing.F) {
 		}
 		require.LessOrEqual(t, mine, 1)
 	})
+}
+
+// TestLongLines: lines far over RFC 5321's 1000 octets, as applications send them, arrive
+// intact; only a line over maxLineLength is refused. go-smtp applies the same limit to
+// command lines.
+func TestLongLines(t *testing.T) {
+	// HTML without a single line break, as some applications write it.
+	html := func(n int) string {
+		return strings.Repeat("<p>0123456789abcdef</p>", n/23+1)[:n]
+	}
+	headers := "From: a@example.com\r\nTo: b@example.net\r\nSubject: long\r\nContent-Type: text/html\r\n\r\n"
+	tests := []struct {
+		name string
+		line string // sent as DATA content (with CRLF) or as a command (when cmd)
+		cmd  bool
+		code int // reply to the end of data, or to the command
+		enh  string
+	}{
+		{name: "100 KB body line", line: html(100 << 10), code: 250, enh: "2.0.0"},
+		{name: "longest body line", line: html(maxLineLength - 2), code: 250, enh: "2.0.0"},
+		{name: "body line one octet too long", line: html(maxLineLength - 1), code: 500, enh: "5.6.0"},
+		{name: "command over 2000 octets", line: "NOOP " + strings.Repeat("x", 3000), cmd: true, code: 250, enh: "2.0.0"},
+		{name: "command over the limit", line: "NOOP " + strings.Repeat("x", maxLineLength), cmd: true, code: 500, enh: "5.4.0"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.SMTP.MaxMessageBytes = 2 << 20 // so that only the line length can refuse
+			f := start(t, cfg)
+			r := dialRaw(t, f.addr)
+			if tt.cmd {
+				r.cmd("EHLO client.test", 250, "")
+				r.cmd(tt.line, tt.code, tt.enh)
+				if tt.code >= 500 {
+					r.closed()
+				}
+				return
+			}
+			r.envelope()
+			r.cmd("DATA", 354, "")
+			body := headers + tt.line + "\r\n"
+			r.cmd(body+".", tt.code, tt.enh)
+			msgs := f.h.all()
+			if tt.code != 250 {
+				require.Empty(t, msgs)
+				// go-smtp hangs up after the refusal (one more 500 reply before it does).
+				r.expect(500, "5.4.0")
+				r.closed()
+				return
+			}
+			require.Len(t, msgs, 1)
+			require.True(t, bytes.Equal([]byte(body), msgs[0].Data), "message changed in transit (%d octets in, %d out)", len(body), len(msgs[0].Data))
+		})
+	}
+}
+
+func TestBufferPool(t *testing.T) {
+	srv, err := New(testConfig(), noop{}, nil)
+	require.NoError(t, err)
+	// sync.Pool may drop what it is given (always under -race, one time in four), so each
+	// side is tried many times: a large buffer must never come back, a small one must at
+	// least once, or the first check would prove nothing.
+	var smallBack bool
+	for range 50 {
+		big := srv.getBuf()
+		big.Grow(maxPooledBuf + 1)
+		srv.putBuf(big)
+		got := srv.getBuf()
+		require.NotSame(t, big, got, "a buffer of %d octets went back to the pool", big.Cap())
+		require.LessOrEqual(t, got.Cap(), maxPooledBuf)
+
+		small := got
+		small.Grow(maxPooledBuf / 2)
+		srv.putBuf(small)
+		if srv.getBuf() == small {
+			smallBack = true
+		}
+	}
+	require.True(t, smallBack, "a buffer under the limit never came back from the pool")
 }
 
 type noop struct{}

@@ -22,9 +22,12 @@ import (
 const proxyReadBuffer = 256
 
 // readProxyHeader reads the PROXY header that opens c, within timeout. When the header names
-// a TCP client, that client becomes c's remote address; LOCAL (v2), UNKNOWN (v1) and
-// non-TCP families (UDP, unix sockets) leave the balancer's own address. Whatever was read
-// past the header (SMTP the client pipelined behind it) is kept for conn.Read to serve first.
+// a TCP client, that client becomes c's remote address. LOCAL (v2), UNKNOWN (v1) and
+// non-TCP families (UDP, unix sockets) leave the balancer's own address, for logs and rate
+// limits only: c.noClient makes the session treat such a connection as an unknown client
+// (AUTH required), since a balancer in allow_networks would otherwise relay for anyone it
+// forwards without an address. Whatever was read past the header (SMTP the client pipelined
+// behind it) is kept for conn.Read to serve first.
 func (c *conn) readProxyHeader(timeout time.Duration) error {
 	c.Conn.SetReadDeadline(time.Now().Add(timeout))
 	defer c.Conn.SetReadDeadline(time.Time{})
@@ -37,13 +40,14 @@ func (c *conn) readProxyHeader(timeout time.Duration) error {
 		rest, _ := br.Peek(n) // cannot fail: the bytes are buffered
 		c.pending = bytes.Clone(rest)
 	}
-	if !h.Command.IsProxy() {
-		return nil
+	if h.Command.IsProxy() {
+		if src, _, ok := h.TCPAddrs(); ok {
+			ap := src.AddrPort()
+			c.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+			c.proxied = true
+			return nil
+		}
 	}
-	if src, _, ok := h.TCPAddrs(); ok {
-		ap := src.AddrPort()
-		c.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		c.proxied = true
-	}
+	c.noClient = true
 	return nil
 }

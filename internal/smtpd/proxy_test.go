@@ -36,8 +36,9 @@ var (
 )
 
 // proxyConfig trusts 127.0.0.1 (the tests' own address) as a load balancer. allow_networks
-// holds the proxied clients and the balancer, so every accepted header can send a message
-// whose ClientIP shows which address the server took.
+// holds the proxied clients, so a message shows which address the server took, and the
+// balancer too, so that a header naming no client shows the balancer's listing does not
+// carry over to whoever it forwards.
 func proxyConfig() *config.Config {
 	cfg := testConfig()
 	cfg.SMTP.ProxyFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
@@ -57,18 +58,12 @@ func TestProxyHeaderAccepted(t *testing.T) {
 	tests := []struct {
 		name, header string
 		want         string // ClientIP
-		loopback     bool   // AUTH offered without TLS: the client is the balancer itself
 	}{
 		{name: "v1 TCP4", header: "PROXY TCP4 203.0.113.7 192.0.2.1 54321 25\r\n", want: "203.0.113.7"},
 		{name: "v1 TCP6", header: "PROXY TCP6 2001:db8::7 2001:db8::1 80 25\r\n", want: "2001:db8::7"},
 		{name: "v1 TCP6 v4-mapped", header: "PROXY TCP6 ::ffff:203.0.113.7 ::ffff:192.0.2.1 80 25\r\n", want: "203.0.113.7"},
-		{name: "v1 UNKNOWN keeps the balancer", header: "PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n", want: "127.0.0.1", loopback: true},
-		{name: "v1 short UNKNOWN", header: "PROXY UNKNOWN\r\n", want: "127.0.0.1", loopback: true},
 		{name: "v2 TCP4", header: proxyV2(2, 1, 0x11, proxyV4Addrs), want: "203.0.113.7"},
 		{name: "v2 TCP6 with TLVs", header: proxyV2(2, 1, 0x21, append(bytes.Clone(proxyV6Addrs), 0x04, 0, 1, 'x')), want: "2001:db8::7"},
-		{name: "v2 LOCAL keeps the balancer", header: proxyV2(2, 0, 0, nil), want: "127.0.0.1", loopback: true},
-		{name: "v2 LOCAL with addresses keeps the balancer", header: proxyV2(2, 0, 0x11, proxyV4Addrs), want: "127.0.0.1", loopback: true},
-		{name: "v2 UDP keeps the balancer", header: proxyV2(2, 1, 0x12, proxyV4Addrs), want: "127.0.0.1", loopback: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -79,7 +74,7 @@ func TestProxyHeaderAccepted(t *testing.T) {
 			c.write(tt.header + pipelined)
 			c.expect(220, "")
 			ehlo := c.expect(250, "")
-			require.Equal(t, tt.loopback, strings.Contains(ehlo, "\nAUTH "), "AUTH offered: %q", ehlo)
+			require.NotContains(t, ehlo, "\nAUTH ", "the client is not on loopback, the balancer is")
 			c.expect(250, "2.0.0")
 			c.expect(250, "2.0.0")
 			c.expect(354, "")
@@ -91,6 +86,51 @@ func TestProxyHeaderAccepted(t *testing.T) {
 			require.Equal(t, body, string(msgs[0].Data))
 		})
 	}
+}
+
+// TestProxyHeaderWithoutClient: a header that names no TCP client (a health check, or a
+// balancer that does not know) leaves the balancer's address, but none of its trust: with
+// the balancer in allow_networks, such a connection must still authenticate.
+func TestProxyHeaderWithoutClient(t *testing.T) {
+	headers := []struct{ name, header string }{
+		{name: "v1 UNKNOWN", header: "PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n"},
+		{name: "v1 short UNKNOWN", header: "PROXY UNKNOWN\r\n"},
+		{name: "v2 LOCAL", header: proxyV2(2, 0, 0, nil)},
+		{name: "v2 LOCAL with addresses", header: proxyV2(2, 0, 0x11, proxyV4Addrs)},
+		{name: "v2 UDP", header: proxyV2(2, 1, 0x12, proxyV4Addrs)},
+		{name: "v2 unix stream", header: proxyV2(2, 1, 0x31, make([]byte, 216))},
+	}
+	cfg := proxyConfig()
+	require.True(t, inPrefixes(netip.MustParseAddr("127.0.0.1"), cfg.SMTP.Networks), "the balancer must be in allow_networks for this test")
+	f := start(t, cfg)
+	for _, tt := range headers {
+		t.Run(tt.name, func(t *testing.T) {
+			c := dialWithPreamble(t, f.addr, tt.header)
+			ehlo := c.cmd("EHLO client.test", 250, "")
+			require.NotContains(t, ehlo, "\nAUTH ", "AUTH without TLS offered as if on loopback")
+			c.cmd("MAIL FROM:<a@example.com>", 530, "5.7.0")
+			c.cmd("NOOP", 250, "2.0.0") // refused, not cut off: a health check may go on
+		})
+	}
+	require.Empty(t, f.h.all())
+
+	// Authenticated, such a connection sends as any other; the balancer's address is kept
+	// for the log and the rate limits.
+	cfg = proxyConfig()
+	cfg.SMTP.AllowInsecureAuth = true
+	f = start(t, cfg)
+	c := dialWithPreamble(t, f.addr, "PROXY UNKNOWN\r\n")
+	c.cmd("EHLO client.test", 250, "")
+	c.cmd("AUTH PLAIN AGNybQBzM2NyZXQgcGFzcw==", 235, "2.0.0")
+	c.cmd("MAIL FROM:<a@example.com>", 250, "2.0.0")
+	c.cmd("RCPT TO:<b@example.net>", 250, "2.0.0")
+	c.cmd("DATA", 354, "")
+	c.cmd(testBody+".", 250, "2.0.0")
+	msgs := f.h.all()
+	require.Len(t, msgs, 1)
+	require.Equal(t, netip.MustParseAddr("127.0.0.1"), msgs[0].ClientIP)
+	require.False(t, msgs[0].NetworkAllowed)
+	require.Equal(t, "crm", msgs[0].User)
 }
 
 func TestProxyHeaderRefused(t *testing.T) {

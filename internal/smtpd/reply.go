@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -24,9 +25,9 @@ var (
 	errBadHelo             = reply(501, 5, 5, 2, "Invalid EHLO/HELO argument")
 	errBadSender           = reply(501, 5, 1, 7, "Bad sender address syntax")
 	errBadRecipient        = reply(501, 5, 1, 3, "Bad destination mailbox address syntax")
-	// go-smtp caps a line at 2000 octets (twice RFC 5321's 1000); it closes the connection
-	// after this reply.
-	errLineTooLong = reply(500, 5, 6, 0, "Line too long (limit 2000 octets), closing connection")
+	// go-smtp caps a line at maxLineLength octets, its CRLF included; it closes the
+	// connection after this reply.
+	errLineTooLong = reply(500, 5, 6, 0, fmt.Sprintf("Line too long (limit %d octets), closing connection", maxLineLength-2))
 )
 
 func reply(code, a, b, c int, msg string) *smtp.SMTPError {

@@ -18,6 +18,10 @@ import (
 	"relay/internal/queueid"
 )
 
+// maxPooledBuf is the largest DATA buffer (capacity) kept for reuse. Most mail is well
+// under it; larger messages get a fresh buffer that the garbage collector takes back.
+const maxPooledBuf = 1 << 20
+
 // session is one go-smtp Session: the state of one connection between EHLO (or STARTTLS)
 // and its end. Connection-wide state that must survive STARTTLS lives in conn.
 type session struct {
@@ -60,6 +64,7 @@ func (s *Server) newSession(g *generation, sc *smtp.Conn) (smtp.Session, error) 
 		return nil, errBadHelo
 	}
 	ip := c.remote.Addr()
+	trusted := ip.IsValid() && !c.noClient // ip is the client's own address
 	return &session{
 		srv:      s,
 		g:        g,
@@ -67,8 +72,8 @@ func (s *Server) newSession(g *generation, sc *smtp.Conn) (smtp.Session, error) 
 		c:        c,
 		ip:       ip,
 		tls:      isTLS,
-		loopback: ip.IsValid() && s.isLoopback(ip),
-		allowed:  inPrefixes(ip, g.cfg.SMTP.Networks),
+		loopback: trusted && s.isLoopback(ip),
+		allowed:  trusted && inPrefixes(ip, g.cfg.SMTP.Networks),
 	}, nil
 }
 
@@ -143,7 +148,11 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		return errNestedMail
 	}
 	if u == nil && !s.allowed {
-		s.logger().Info("smtp mail rejected", "from", from, "code", 530, "reason", "not authenticated, not in allow_networks")
+		reason := "not authenticated, not in allow_networks"
+		if s.c.noClient {
+			reason = "not authenticated, PROXY header without a client address"
+		}
+		s.logger().Info("smtp mail rejected", "from", from, "code", 530, "reason", reason)
 		return errAuthRequired
 	}
 	var name string
@@ -267,4 +276,12 @@ func (s *Server) getBuf() *bytes.Buffer {
 	return new(bytes.Buffer)
 }
 
-func (s *Server) putBuf(b *bytes.Buffer) { s.bufs.Put(b) }
+// putBuf returns b to the pool unless it has grown past maxPooledBuf: a pooled buffer keeps
+// its capacity, so one large message would otherwise pin that much memory per pooled buffer
+// for as long as the pool holds it.
+func (s *Server) putBuf(b *bytes.Buffer) {
+	if b.Cap() > maxPooledBuf {
+		return
+	}
+	s.bufs.Put(b)
+}

@@ -56,6 +56,21 @@ const (
 	defaultTimeout         = 5 * time.Minute
 )
 
+// maxLineLength is go-smtp's Server.MaxLineLength: 1 MiB instead of its default 2000. RFC
+// 5321 §4.5.3.1.6 allows 1000 octets per line, but applications routinely send longer ones
+// (HTML without line breaks, long base64 or header lines), and Postfix takes them; refusing
+// them loses the mail at the source, since go-smtp answers 5xx and hangs up. The whole
+// message is still bounded by max_message_bytes.
+//
+// go-smtp (v0.25.1, conn.go and lengthlimit_reader.go) applies this limit to every line it
+// reads on the connection, not only DATA: commands and AUTH responses too (BDAT chunks are
+// exempt). It counts the CRLF, so a line may carry maxLineLength-2 octets before its CRLF.
+// A command line is accumulated whole by net/textproto before go-smtp parses it, so one
+// client can make the server hold up to this much for a single command; legitimate commands
+// are short, and the per-connection cost stays far below the DATA buffer that
+// max_message_bytes already allows.
+const maxLineLength = 1 << 20
+
 // ErrServerClosed is returned by Serve and ServeTLS called after Shutdown.
 var ErrServerClosed = errors.New("smtpd: server closed")
 
@@ -389,6 +404,7 @@ func (s *Server) newGeneration(cfg *config.Config, prev *generation) (*generatio
 	srv.Domain = host
 	srv.MaxMessageBytes = g.maxBytes
 	srv.MaxRecipients = maxRcpt
+	srv.MaxLineLength = maxLineLength
 	srv.ReadTimeout = g.timeout
 	srv.WriteTimeout = g.timeout
 	srv.EnableSMTPUTF8 = true
