@@ -40,7 +40,7 @@ func TestEndToEndReasons(t *testing.T) {
 				{name: "allowed-domain", from: `"Alice" <alice@example.com>`, envelope: "alice@example.com",
 					wantFrom: `"Alice" <alice@example.com>`, wantEnvelope: "alice@example.com", wantD: "example.com"},
 				{name: "allowed subdomain", from: "ops@eu.example.com", envelope: "ops@eu.example.com",
-					wantFrom: "ops@eu.example.com", wantEnvelope: "ops@eu.example.com", wantD: "example.net"},
+					wantFrom: "ops@eu.example.com", wantEnvelope: "ops@eu.example.com", wantD: "example.com"},
 				{name: "unit-domain (AUTH user of unit sales)", from: "bob@partner.example", envelope: "bob@partner.example", user: true,
 					wantFrom: "bob@partner.example", wantEnvelope: "bob@partner.example", wantD: "example.net"},
 				{name: "spf-pass", from: "app@spf-ok.example", envelope: "app@spf-ok.example",

@@ -622,6 +622,11 @@ username = "relay" # <-
 fallback = "noreply@example.net"
 display_name = "{nmae} via Example" # <-
 ` + validNoSender},
+	{"original_header names a header the relay writes", "sender.original_header", "a header the relay writes itself", `
+[sender]
+fallback = "noreply@example.net"
+original_header = "reply-to" # <-
+` + validNoSender},
 	{"headers without From", "dkim.headers", "must include From", `
 [sender]
 fallback = "noreply@example.net"

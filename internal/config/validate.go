@@ -164,6 +164,8 @@ func (v *validator) sender() {
 	v.displayName("sender.display_name", s.DisplayName)
 	if s.OriginalHeader != "" && !headerName(s.OriginalHeader) {
 		v.ps.add("sender.original_header", "%q is not a header field name", s.OriginalHeader)
+	} else if managedHeader(s.OriginalHeader) {
+		v.ps.add("sender.original_header", "%q is a header the relay writes itself; pick another name, e.g. \"X-Original-From\"", s.OriginalHeader)
 	}
 	v.address("sender.bounce_address", s.BounceAddress)
 }
@@ -575,4 +577,15 @@ func (v *validator) oneOf(key, s string, allowed ...string) {
 		q[i] = strconv.Quote(a)
 	}
 	v.ps.add(key, "%q: want %s or %s", s, strings.Join(q[:len(q)-1], ", "), q[len(q)-1])
+}
+
+// managedHeader reports whether name is a field the relay adds, replaces or removes
+// itself (SPEC §5, §6): recording the original From under such a name would clash.
+func managedHeader(name string) bool {
+	for _, h := range []string{"From", "Reply-To", "Sender", "Date", "Message-ID", "Received", "Bcc", "X-Relay-Unit", "DKIM-Signature"} {
+		if strings.EqualFold(name, h) {
+			return true
+		}
+	}
+	return false
 }

@@ -55,9 +55,19 @@ const maxWord = 75
 // Bcc and X-Relay-Unit fields are dropped, Date and Message-ID are added at the end of the
 // header block when missing. With o.Rewrite: the From field is replaced in place (or added
 // first when there was none), followed by Reply-To and the original-From record when asked
-// for, and Sender fields whose address is not allowed are dropped. Every other field, the
-// empty line and the body are copied byte for byte; the fields Apply writes end in CRLF.
-func Apply(m *Message, o Options) []byte {
+// for; Sender fields whose address is not allowed are dropped, and so are fields the client
+// wrote under the name of the original-From record, which would pass for the relay's. Every
+// other field, the empty line and the body are copied byte for byte; the fields Apply writes
+// end in CRLF.
+func Apply(m *Message, o Options) []byte { return AppendApply(nil, m, o) }
+
+// AppendApply appends the outgoing message of Apply to dst and returns the extended slice,
+// growing dst at most once. It lets a caller keep room in front of the message for the
+// DKIM-Signature fields, which are made from the message and go before it: pass dst with
+// that many bytes of headroom, sign out[len(dst):], and copy the signature in just before
+// it, instead of copying the whole message behind the signature. dst must not share memory
+// with the data m was parsed from.
+func AppendApply(dst []byte, m *Message, o Options) []byte {
 	host := keep(o.Hostname, isDomainRune)
 	if host == "" {
 		host = "localhost"
@@ -114,33 +124,55 @@ func Apply(m *Message, o Options) []byte {
 		}
 	}
 	tail := add[fromEnd:]
+	// The relay owns the original-From record's name on rewrite: a client's field of that
+	// name, kept next to ours, would name whatever sender the client liked.
+	dropOriginal := o.Rewrite && ValidFieldName(o.OriginalHeader)
 
-	size := len(add) + len(m.Separator) + len(m.Body) + 2
-	for _, f := range m.Fields {
-		size += len(f.Raw)
+	// First pass: which fields stay out (their indexes, ascending, in dropped) and the exact
+	// size of the output, so that dst grows at most once and only when it must.
+	var db [8]int
+	dropped := db[:0]
+	size := len(add) + len(m.Separator) + len(m.Body)
+	for i, f := range m.Fields {
+		switch {
+		case o.Rewrite && i == from: // replaced by the From block, counted in add
+		case strings.EqualFold(f.Name, "Bcc"), strings.EqualFold(f.Name, "X-Relay-Unit"),
+			// A second From: Parse refuses those, a hand-built Message may not.
+			o.Rewrite && strings.EqualFold(f.Name, "From"),
+			o.Rewrite && strings.EqualFold(f.Name, "Sender") && !senderAllowed(f, o.SenderAllowed),
+			dropOriginal && strings.EqualFold(f.Name, o.OriginalHeader):
+			dropped = append(dropped, i)
+		default:
+			size += len(f.Raw)
+			if len(tail) > 0 && f.Raw[len(f.Raw)-1] != '\n' {
+				size += 2
+			}
+		}
 	}
-	out := make([]byte, 0, size)
+
+	out := dst
+	if cap(dst)-len(dst) < size {
+		// Not slices.Grow: under -race it allocates twice, and once is the promise.
+		out = make([]byte, len(dst), len(dst)+size)
+		copy(out, dst)
+	}
 	out = append(out, add[:top]...)
 	if o.Rewrite && from < 0 {
 		out = append(out, add[top:fromEnd]...)
 	}
 	for i, f := range m.Fields {
 		switch {
-		case strings.EqualFold(f.Name, "Bcc"), strings.EqualFold(f.Name, "X-Relay-Unit"):
-			continue
 		case o.Rewrite && i == from:
 			out = append(out, add[top:fromEnd]...)
-			continue
-		case o.Rewrite && strings.EqualFold(f.Name, "From"):
-			continue // a second From: Parse refuses those, a hand-built Message may not
-		case o.Rewrite && strings.EqualFold(f.Name, "Sender") && !senderAllowed(f, o.SenderAllowed):
-			continue
-		}
-		out = append(out, f.Raw...)
-		if len(tail) > 0 && f.Raw[len(f.Raw)-1] != '\n' {
-			// The last line of data that is all header may lack its line end; what follows
-			// must not run into it.
-			out = append(out, "\r\n"...)
+		case len(dropped) > 0 && dropped[0] == i:
+			dropped = dropped[1:]
+		default:
+			out = append(out, f.Raw...)
+			if len(tail) > 0 && f.Raw[len(f.Raw)-1] != '\n' {
+				// The last line of data that is all header may lack its line end; what
+				// follows must not run into it.
+				out = append(out, "\r\n"...)
+			}
 		}
 	}
 	out = append(out, tail...)
@@ -230,10 +262,13 @@ func appendOriginal(b []byte, name string, v []byte) []byte {
 
 // FromValue returns the value of the rewritten From field, unfolded: the display-name
 // template expanded ({name} is the original display name, or the original address when
-// there is none or it shows nothing; {address}; {unit}), cleaned (control characters removed, every '@' written
-// " at " so that no address appears in it, white space collapsed), encoded as RFC 2047
-// encoded-words when not ASCII or quoted when it is, then newAddr in angle brackets:
-// `"Alice via Sales" <sales@example.com>`. An empty display name leaves just `<newAddr>`.
+// there is none or it shows nothing; {address}; {unit}), cleaned (control characters
+// removed, every '@' written " at " so that no address appears in it, white space
+// collapsed), encoded as RFC 2047 encoded-words when not ASCII or quoted when it is, then
+// newAddr in angle brackets: `"Alice via Sales" <sales@example.com>`. An empty display name
+// leaves just `<newAddr>`, and so does an original with neither name nor address (a message
+// without From and with the null envelope sender): the template would only say "via
+// Example" of nobody.
 func FromValue(template, name, address, unit, newAddr string) string {
 	np, ap := fromParts(template, name, address, unit, newAddr)
 	if np == "" {
@@ -244,6 +279,9 @@ func FromValue(template, name, address, unit, newAddr string) string {
 
 func fromParts(template, name, address, unit, newAddr string) (namePart, addrPart string) {
 	if !hasText(name) {
+		if !hasText(address) {
+			return formatAddress("", newAddr)
+		}
 		name = address
 	}
 	return formatAddress(cleanDisplayName(expand(template, name, address, unit)), newAddr)

@@ -1,6 +1,7 @@
 package rewrite
 
 import (
+	"bytes"
 	"errors"
 	"net/mail"
 	"os"
@@ -13,7 +14,8 @@ import (
 // without rewriting, and checks verify's invariants: Apply never panics, its output parses
 // again with at most one From (exactly one when rewriting), the body is unchanged, no Bcc or
 // X-Relay-Unit is left, the input's other fields are all there byte for byte, and the fields
-// Apply wrote end in CRLF with no other CR or LF.
+// Apply wrote end in CRLF with no other CR or LF; and AppendApply writes the same after a
+// prefix.
 func FuzzApply(f *testing.F) {
 	msgs, err := filepath.Glob("testdata/*.msg")
 	if err != nil {
@@ -62,6 +64,10 @@ func FuzzApply(f *testing.F) {
 		out := Apply(m, o)
 		if err := verify(m, o, out); err != nil {
 			t.Fatalf("%v\ninput:  %q\noutput: %q", err, data, out)
+		}
+		prefix := []byte("DKIM-Signature: x\r\n")
+		if got := AppendApply(prefix, m, o); !bytes.Equal(got, append(prefix, out...)) {
+			t.Fatalf("AppendApply differs from Apply\ninput:    %q\nApply:    %q\nAppend:   %q", data, out, got)
 		}
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"net/mail"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -256,6 +257,10 @@ func TestFromValue(t *testing.T) {
 		{"empty result", "{unit}", "Alice", "a@b.example", "", `<sales@example.com>`},
 		{"only controls", "\r\n\t", "Alice", "a@b.example", "", `<sales@example.com>`},
 		{"encoded-word literal", "{name}", "=?utf-8?q?x?=", "a@b.example", "", `=?utf-8?q?=3D=3Futf-8=3Fq=3Fx=3F=3D?= <sales@example.com>`},
+		// No From and the null envelope sender: nobody to name, so no "via Example" either.
+		{"no name and no address", "{name} via Example", "", "", "", `<sales@example.com>`},
+		{"no name and no address, unit", "{name} via {unit}", "", "", "Sales", `<sales@example.com>`},
+		{"blank name and no address", "{name} {address}", " \t", "", "Sales", `<sales@example.com>`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := FromValue(tc.template, tc.dname, tc.addr, tc.unit, to)
@@ -264,6 +269,51 @@ func TestFromValue(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, to, a.Address)
 			require.NotContains(t, a.Name, "@")
+		})
+	}
+}
+
+// TestAppendApply checks that AppendApply writes after what dst holds exactly what Apply
+// returns, without touching the prefix, and that it allocates for the output once: never
+// when dst has room, once when it has none.
+func TestAppendApply(t *testing.T) {
+	msgs, err := filepath.Glob("testdata/*.msg")
+	require.NoError(t, err)
+	require.NotEmpty(t, msgs)
+	prefix := []byte("DKIM-Signature: room for the signature\r\n")
+	for _, path := range msgs {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			data, err := os.ReadFile(path)
+			require.NoError(t, err)
+			m, err := Parse(data)
+			require.NoError(t, err)
+			original, err := m.From()
+			require.NoError(t, err)
+			o := defaultOpts()
+			o.Rewrite = true
+			opts := o.options(original)
+			want := Apply(m, opts)
+
+			// No spare capacity: dst grows, the prefix is kept.
+			dst := slices.Clip(slices.Clone(prefix))
+			got := AppendApply(dst, m, opts)
+			require.Equal(t, string(prefix)+string(want), string(got))
+
+			// Headroom in front, exactly room enough behind: the message lands in dst's array.
+			room := make([]byte, len(prefix), len(prefix)+len(want))
+			copy(room, prefix)
+			got = AppendApply(room, m, opts)
+			require.Equal(t, string(prefix)+string(want), string(got))
+			require.Same(t, &room[0], &got[0], "dst had room: no new array")
+
+			// Empty and nil dst are Apply.
+			require.Equal(t, string(want), string(AppendApply(nil, m, opts)))
+			require.Equal(t, string(want), string(AppendApply([]byte{}, m, opts)))
+
+			// Growing costs exactly one allocation more than appending into room.
+			inRoom := testing.AllocsPerRun(20, func() { AppendApply(room[:len(prefix)], m, opts) })
+			grown := testing.AllocsPerRun(20, func() { AppendApply(dst, m, opts) })
+			require.Equal(t, inRoom+1, grown, "dst without room must grow once")
 		})
 	}
 }

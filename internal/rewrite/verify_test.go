@@ -58,6 +58,23 @@ func verify(in *Message, o Options, out []byte) error {
 		}
 	}
 
+	if o.Rewrite && ValidFieldName(o.OriginalHeader) {
+		// The original-From record is the relay's alone: exactly one when the input had a
+		// From to record, none otherwise, whatever the client wrote under that name.
+		n, want := 0, 0
+		for _, f := range m.Fields {
+			if strings.EqualFold(f.Name, o.OriginalHeader) {
+				n++
+			}
+		}
+		if in.Has("From") {
+			want = 1
+		}
+		if n != want {
+			return fmt.Errorf("%d %s fields, want %d", n, o.OriginalHeader, want)
+		}
+	}
+
 	if o.Rewrite {
 		a, err := m.From()
 		if err != nil {
@@ -85,6 +102,8 @@ func droppable(f Field, o Options) bool {
 	case strings.EqualFold(f.Name, "Bcc"), strings.EqualFold(f.Name, "X-Relay-Unit"):
 		return true
 	case o.Rewrite && (strings.EqualFold(f.Name, "From") || strings.EqualFold(f.Name, "Sender")):
+		return true
+	case o.Rewrite && ValidFieldName(o.OriginalHeader) && strings.EqualFold(f.Name, o.OriginalHeader):
 		return true
 	}
 	return false

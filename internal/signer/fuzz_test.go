@@ -11,8 +11,8 @@ import (
 )
 
 // FuzzSign checks, for any message, that the header scan agrees with go-msgauth's reader:
-// the signature verifies, and a From added after signing breaks it (every From instance
-// the verifier sees is covered, plus one). The key record is returned by a function rather
+// the signature verifies, and a From or a Reply-To added after signing breaks it (every
+// instance of the oversigned fields the verifier sees is covered, plus one). The key record is returned by a function rather
 // than a DNS server: this target is about the message, and runs millions of times.
 func FuzzSign(f *testing.F) {
 	for _, seed := range []string{
@@ -21,6 +21,7 @@ func FuzzSign(f *testing.F) {
 		"From: a@example.com\nTo: b@example.net\n\nlf body\n",
 		"From: a@example.com\r\nSubject: s",
 		"X: 1\r\nfrom : a@example.com\r\nFROM:b@example.com\r\n\tfolded\r\n\r\n",
+		"From: a@example.com\r\nReply-To: r@example.net\r\nreply-to : q@example.net\r\n\r\nbody\r\n",
 		"From\r\nno colon\r\n\r\n",
 		"\r\nbody only\r\n",
 		"",
@@ -52,10 +53,12 @@ func FuzzSign(f *testing.F) {
 		require.Len(t, vs, 1)
 		require.NoError(t, vs[0].Err, "h=%v", vs[0].HeaderKeys)
 
-		forged := concat(sig, []byte("From: forged@example.com\r\n"), sent)
-		vs, err = dkim.VerifyWithOptions(bytes.NewReader(forged), opts)
-		require.NoError(t, err)
-		require.Len(t, vs, 1)
-		require.Error(t, vs[0].Err, "an added From must break the signature; h=%v", vs[0].HeaderKeys)
+		for _, added := range []string{"From: forged@example.com\r\n", "Reply-To: forged@example.com\r\n"} {
+			forged := concat(sig, []byte(added), sent)
+			vs, err = dkim.VerifyWithOptions(bytes.NewReader(forged), opts)
+			require.NoError(t, err)
+			require.Len(t, vs, 1)
+			require.Error(t, vs[0].Err, "an added %q must break the signature; h=%v", added, vs[0].HeaderKeys)
+		}
 	})
 }

@@ -18,18 +18,25 @@ func DefaultHeaders() []string {
 	}
 }
 
-// headerSet is the configured list of fields to sign, with From always in it.
+// oversigned are the fields listed in h= once more than the message holds them (RFC 6376
+// §8.15), so that one added after signing breaks the signature: From, because it is what
+// receivers show and DMARC checks; Reply-To, because on rewrite it is the only way back to
+// the real sender, and a second one added later would divert the replies.
+var oversigned = [...]string{"From", "Reply-To"}
+
+// headerSet is the configured list of fields to sign, with the oversigned fields always in
+// it.
 type headerSet struct {
-	names []string // as configured, without duplicates: the spelling used in h=
-	match [][]byte // the same names, for comparing with the message without converting
-	from  int      // index of From in names
+	names []string             // as configured, without duplicates: the spelling used in h=
+	match [][]byte             // the same names, for comparing with the message without converting
+	over  [len(oversigned)]int // index in names of each oversigned field
 }
 
 func newHeaderSet(cfg []string) (headerSet, error) {
 	if len(cfg) == 0 {
 		cfg = DefaultHeaders()
 	}
-	hs := headerSet{from: -1}
+	var hs headerSet
 	for i, n := range cfg {
 		// A field name is printable ASCII except ':' (RFC 5322 §3.6.8); ';' is allowed
 		// there but ends a tag in DKIM-Signature, so it would corrupt the h= tag too.
@@ -41,15 +48,22 @@ func newHeaderSet(cfg []string) (headerSet, error) {
 		if strings.EqualFold(n, "DKIM-Signature") || slices.ContainsFunc(hs.names, func(o string) bool { return strings.EqualFold(o, n) }) {
 			continue
 		}
-		if strings.EqualFold(n, "From") {
-			hs.from = len(hs.names)
-		}
 		hs.names = append(hs.names, n)
 	}
-	if hs.from < 0 {
-		// From must be signed (RFC 6376 §5.4); put it first, where the default has it.
-		hs.names = append([]string{"From"}, hs.names...)
-		hs.from = 0
+	// From must be signed (RFC 6376 §5.4), and Reply-To must be for its oversigning to mean
+	// anything: a list without them gets each where the default list has it, From first
+	// and Reply-To right after From.
+	at := 0
+	for _, o := range oversigned {
+		i := slices.IndexFunc(hs.names, func(n string) bool { return strings.EqualFold(n, o) })
+		if i < 0 {
+			i = at
+			hs.names = slices.Insert(hs.names, i, o)
+		}
+		at = i + 1
+	}
+	for j, o := range oversigned {
+		hs.over[j] = slices.IndexFunc(hs.names, func(n string) bool { return strings.EqualFold(n, o) })
 	}
 	hs.match = make([][]byte, len(hs.names))
 	for i, n := range hs.names {
@@ -58,10 +72,11 @@ func newHeaderSet(cfg []string) (headerSet, error) {
 	return hs, nil
 }
 
-// keys returns the h= list for msg: each configured field as many times as the header of
-// msg holds it (RFC 6376 §5.4.2: then every instance is covered), From one time more
-// (so a From added later breaks the signature: §8.15 oversigning), absent fields not at
-// all. complete reports whether the header ends with an empty line.
+// keys returns the h= list for msg, in the configured order: each configured field as many
+// times as the header of msg holds it (RFC 6376 §5.4.2: then every instance is covered),
+// the oversigned fields (From, Reply-To) one time more, so that even when absent they are
+// listed once, other absent fields not at all. complete reports whether the header ends
+// with an empty line.
 //
 // It scans lines without parsing the header, and mirrors go-msgauth's reader so the counts
 // match what the signer will pick: a line starting with SP or HTAB continues the field
@@ -75,7 +90,7 @@ func (hs *headerSet) keys(msg []byte) (keys []string, complete bool) {
 	} else {
 		counts = make([]int, len(hs.names))
 	}
-	total := 1 // the extra From
+	total := len(hs.over)
 	first := true
 	for len(msg) > 0 {
 		line := msg
@@ -113,7 +128,7 @@ func (hs *headerSet) keys(msg []byte) (keys []string, complete bool) {
 	keys = make([]string, 0, total)
 	for j, n := range hs.names {
 		c := counts[j]
-		if j == hs.from {
+		if slices.Contains(hs.over[:], j) {
 			c++
 		}
 		for ; c > 0; c-- {

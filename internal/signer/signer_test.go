@@ -214,6 +214,62 @@ func TestOversignedFrom(t *testing.T) {
 	})
 }
 
+// TestOversignedReplyTo: on rewrite the relay adds a Reply-To with the real sender, the only
+// way back to them, so a Reply-To added after signing must break the signature, whether
+// the message had one or not.
+func TestOversignedReplyTo(t *testing.T) {
+	k := genKeys(t)
+	dir := t.TempDir()
+	cfg := dkimConfig(writeKey(t, dir, "default.pem", k.ed2, false))
+	srv := dnstest.New(t, zone(t, published{"example.com", "default", k.ed2.Public()}))
+	s := newSigner(t, cfg)
+
+	evil := "Reply-To: <collect@attacker.example>\r\n"
+	withReplyTo := []byte("Reply-To: Alice <alice@gmail.com>\r\n" + string(message(100)))
+	for name, tc := range map[string]struct {
+		msg  []byte
+		want int // Reply-To entries in h=
+	}{
+		"message without Reply-To": {message(100), 1},
+		"message with Reply-To":    {withReplyTo, 2},
+	} {
+		t.Run(name, func(t *testing.T) {
+			signed := sign(t, s, "example.com", tc.msg)
+			vs := requireValid(t, srv, signed, 1)
+			n := 0
+			for _, h := range vs[0].HeaderKeys {
+				if strings.EqualFold(h, "reply-to") {
+					n++
+				}
+			}
+			require.Equal(t, tc.want, n, "h=%v: Reply-To once per field plus once more", vs[0].HeaderKeys)
+
+			sigLen := len(signed) - len(tc.msg)
+			headerEnd := bytes.Index(signed, []byte("\r\n\r\n")) + 2
+			for where, forged := range map[string][]byte{
+				"on top":    concat(signed[:sigLen], []byte(evil), tc.msg),
+				"at bottom": concat(signed[:headerEnd], []byte(evil), signed[headerEnd:]),
+			} {
+				vs := verify(t, srv, forged)
+				require.Len(t, vs, 1)
+				require.ErrorContains(t, vs[0].Err, "signature did not verify", "Reply-To added %s", where)
+			}
+		})
+	}
+
+	t.Run("control: without oversigning a Reply-To on top verifies", func(t *testing.T) {
+		var b bytes.Buffer
+		require.NoError(t, dkim.Sign(&b, bytes.NewReader(withReplyTo), &dkim.SignOptions{
+			Domain: "example.com", Selector: "default", Signer: k.ed2,
+			HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed,
+			HeaderKeys: []string{"From", "From", "Reply-To", "Subject"},
+		}))
+		plain := b.Bytes()
+		sigEnd := len(plain) - len(withReplyTo)
+		requireValid(t, srv, concat(plain[:sigEnd], []byte(evil), withReplyTo), 1)
+	})
+}
+
 func concat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 
 func TestSignedHeaderList(t *testing.T) {
@@ -229,42 +285,58 @@ func TestSignedHeaderList(t *testing.T) {
 		want    string   // h=
 	}{
 		{
-			name:   "default list, only present fields",
+			name:   "default list, only present fields, From and Reply-To oversigned",
 			header: testHeader,
-			want:   "From:From:To:Subject:Date:Message-ID:MIME-Version:Content-Type",
+			want:   "From:From:Reply-To:To:Subject:Date:Message-ID:MIME-Version:Content-Type",
 		},
 		{
 			name: "every instance of a repeated field",
 			header: "From: a@example.com\r\nTo: b@example.net\r\nCc: c@example.net\r\nTo: d@example.net\r\n" +
 				"Received: x\r\nReceived: y\r\nReferences: <1@x>\r\nreferences: <2@x>\r\n",
-			want: "From:From:To:To:Cc:References:References",
+			want: "From:From:Reply-To:To:To:Cc:References:References",
 		},
 		{
 			name:   "names compare case-insensitively, white space before colon",
 			header: "FROM: a@example.com\r\nsubject : hi\r\nlist-unsubscribe: <https://x/u>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
-			want:   "From:From:Subject:List-Unsubscribe:List-Unsubscribe-Post",
+			want:   "From:From:Reply-To:Subject:List-Unsubscribe:List-Unsubscribe-Post",
 		},
 		{
 			name:   "continuation lines are not fields",
 			header: "From: a@example.com\r\nSubject: one\r\n To: not-a-field\r\n\tCc: neither\r\n",
-			want:   "From:From:Subject",
+			want:   "From:From:Reply-To:Subject",
 		},
 		{
-			name:    "custom list: From added first, duplicates and DKIM-Signature dropped",
+			name:    "custom list: From added first and Reply-To after it, duplicates and DKIM-Signature dropped",
 			headers: []string{"Subject", "x-campaign", "SUBJECT", "DKIM-Signature", "Cc"},
 			header:  "X-Campaign: 7\r\nFrom: a@example.com\r\nSubject: s\r\nTo: b@example.net\r\n",
-			want:    "From:From:Subject:x-campaign",
+			want:    "From:From:Reply-To:Subject:x-campaign",
 		},
 		{
-			name:    "custom list with From in the middle",
+			name:    "custom list with From in the middle: Reply-To added right after it",
 			headers: []string{"Subject", "from"},
 			header:  "From: a@example.com\r\nSubject: s\r\n",
-			want:    "Subject:from:from",
+			want:    "Subject:from:from:Reply-To",
 		},
 		{
-			name:   "no From at all: From still signed (as absent)",
+			name:    "custom list with Reply-To before From: configured order and spelling kept",
+			headers: []string{"reply-TO", "Subject", "To"},
+			header:  "From: a@example.com\r\nReply-To: r@example.net\r\nSubject: s\r\nTo: b@example.net\r\n",
+			want:    "From:From:reply-TO:reply-TO:Subject:To",
+		},
+		{
+			name:   "Reply-To present: once per field plus once more, other fields not oversigned",
+			header: "From: a@example.com\r\nReply-To: r@example.net\r\nTo: b@example.net\r\nSubject: s\r\n",
+			want:   "From:From:Reply-To:Reply-To:To:Subject",
+		},
+		{
+			name:   "two Reply-To fields: three times",
+			header: "From: a@example.com\r\nreply-to: r@example.net\r\nReply-To : q@example.net\r\n",
+			want:   "From:From:Reply-To:Reply-To:Reply-To",
+		},
+		{
+			name:   "no From at all: From and Reply-To still signed (as absent)",
 			header: "Subject: s\r\n",
-			want:   "From:Subject",
+			want:   "From:Reply-To:Subject",
 		},
 	}
 	for _, tc := range tests {
@@ -330,7 +402,7 @@ func TestLFOnlyMessage(t *testing.T) {
 	require.NoError(t, err)
 	fs := fields(t, sig)
 	require.Len(t, fs, 2)
-	require.Equal(t, "From:From:To:Subject:Date:Message-ID:MIME-Version:Content-Type", tags(t, fs[0])["h"])
+	require.Equal(t, "From:From:Reply-To:To:Subject:Date:Message-ID:MIME-Version:Content-Type", tags(t, fs[0])["h"])
 	requireValid(t, srv, append(sig, crlf...), 2)
 }
 
@@ -350,7 +422,7 @@ func TestHeaderOnlyMessage(t *testing.T) {
 			// missing CRLF, and an empty body hashes alike with or without it.
 			sent := strings.TrimSuffix(msg, "\r\n") + "\r\n\r\n"
 			vs := requireValid(t, srv, append(sig, sent...), 1)
-			require.Equal(t, []string{"From", "From", "Subject"}, vs[0].HeaderKeys)
+			require.Equal(t, []string{"From", "From", "Reply-To", "Subject"}, vs[0].HeaderKeys)
 		})
 	}
 }
