@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"time"
@@ -37,6 +38,15 @@ func cmdServe(e env) int {
 		return 1
 	}
 	log := newLogger(cfg, e.stderr)
+	if path := os.Getenv("RELAY_CPUPROFILE"); path != "" {
+		// For performance work: a CPU profile of the whole run, written at shutdown.
+		stop, err := cpuProfile(path)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "relay serve: RELAY_CPUPROFILE: %v\n", err)
+			return 1
+		}
+		defer stop()
+	}
 	srv, err := start(cfg, *dry, log)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "relay serve: %v\n", err)
@@ -288,4 +298,16 @@ func (h handler) Handle(ctx context.Context, m *smtpd.Inbound) (string, error) {
 		return fmt.Sprintf("dry run: would send as <%s> (%s)", res.Decision.From, res.Decision.Reason), nil
 	}
 	return "Ok: queued as " + res.ID, nil
+}
+
+func cpuProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

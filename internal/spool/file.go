@@ -299,15 +299,6 @@ func removeFiles(dir, id string) error {
 	return nil
 }
 
-// removeMsg removes a message that never had a state file.
-func removeMsg(dir, id string) error {
-	err := os.Remove(msgPath(dir, id))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
-}
-
 // idOf returns the id of a message file name, or "".
 func idOf(name string) string {
 	id, ok := strings.CutSuffix(name, msgSuffix)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -244,7 +245,8 @@ func files(t *testing.T, dir string) []string {
 	require.NoError(t, err)
 	var names []string
 	for _, e := range ents {
-		if e.Name() != ctlDir && e.Name() != lockFile {
+		// Free files are delivered messages' files kept for reuse (recycle.go).
+		if e.Name() != ctlDir && e.Name() != lockFile && !strings.HasPrefix(e.Name(), tmpPrefix+"free-") {
 			names = append(names, e.Name())
 		}
 	}

@@ -261,12 +261,8 @@ func (s *Spool) finish(m *message, data []byte, start time.Time, delivered []str
 		return
 	}
 	if left == 0 {
-		remove := removeFiles
-		if !m.stateOnDisk {
-			// The common case: delivered at the first attempt, one file to remove.
-			remove = removeMsg
-		}
-		if err := remove(s.o.Dir, m.id); err != nil {
+		// In the common case (delivered at the first attempt) there is no state file.
+		if err := s.removeDelivered(m.id, m.stateOnDisk); err != nil {
 			// The message will be loaded again at the next start with the recipients
 			// of its last persisted state: at-least-once.
 			s.log.Error("spool: remove delivered message", "id", m.id, "err", err)

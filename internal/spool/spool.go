@@ -51,7 +51,7 @@ const (
 // however large the backlog grows while the upstream is down.
 const (
 	memMessage = 1 << 20
-	memTotal   = 64 << 20
+	memTotal   = 8 << 20
 )
 
 // Options configures a Spool.
@@ -88,6 +88,7 @@ type Spool struct {
 	// which already merges concurrent journal commits (BenchmarkSubmit measures both).
 	dirSync *groupSync
 	syncDir func() error
+	recycle recycler // files of delivered messages, for the next ones
 
 	// abort ends deliveries in flight; Close calls it.
 	abort     context.Context
@@ -346,7 +347,27 @@ func (s *Spool) write(m *message, data []byte) error {
 	if err != nil {
 		return err
 	}
+	if free := s.recycle.take(s.dirSync.Synced); free != "" {
+		return rewriteFile(s.dir, free, m.id+msgSuffix, s.syncDir, line, data)
+	}
 	return writeFile(s.dir, m.id+msgSuffix, s.syncDir, line, data)
+}
+
+// removeDelivered removes the files of a message whose every recipient is done. The
+// message file is recycled; the state file, rare, is removed.
+func (s *Spool) removeDelivered(id string, state bool) error {
+	err := s.recycle.release(s.o.Dir, msgPath(s.o.Dir, id), s.dirSync.Ticket)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if !state {
+		return nil
+	}
+	err = os.Remove(statePath(s.o.Dir, id))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 func dedup(to []string) []string {
