@@ -31,8 +31,9 @@ const (
 
 // Pool sends messages over up to cfg.Upstream.MaxConnections connections to the smarthost,
 // reused across messages. A connection that breaks is discarded; the message is sent again,
-// once, on a fresh connection when nothing of it had been sent yet (the upstream cannot
-// have accepted it), so a connection the upstream closed while idle costs no delivery.
+// once, on a newly dialed connection when nothing of it had been sent yet (the upstream
+// cannot have accepted it), so a connection the upstream closed while idle, or lost in a
+// restart, costs no delivery.
 type Pool struct {
 	addr     string // host:port
 	host     string // TLS server name
@@ -126,13 +127,28 @@ func (p *Pool) send(ctx context.Context, from string, to []string, data []byte, 
 	defer func() { <-p.slots }()
 
 	for attempt := 1; ; attempt++ {
-		c, err := p.get(ctx)
+		var (
+			c      *conn
+			reused bool
+			err    error
+		)
+		if attempt == 1 {
+			c, reused, err = p.get(ctx)
+		} else {
+			// The retry dials: an idle connection is as old as the one that just broke, and
+			// after an upstream restart just as dead, which would spend the only retry on it.
+			c, err = p.open(ctx)
+		}
 		if err != nil {
 			return nil, err
 		}
+		knownGood := c.lastUsed // transact and put leave it alone on a broken connection
 		res, bodySent, err := p.transact(ctx, c, from, to, data, all)
 		broken := c.broken
-		p.put(c)
+		p.put(c) // closes c when broken, before the retry dials: the slot holds one connection
+		if broken && reused && ctxErr(ctx) == nil {
+			p.dropSuspects(knownGood)
+		}
 		if err != nil && broken && !bodySent && attempt == 1 && ctxErr(ctx) == nil {
 			p.log.Info("upstream connection broke before DATA; sending again on a new connection", "upstream", p.addr, "err", err)
 			continue
@@ -286,26 +302,62 @@ func isASCII(b []byte) bool {
 	return true
 }
 
-// get returns the most recently used idle connection, or a new one.
-func (p *Pool) get(ctx context.Context) (*conn, error) {
+// get returns the most recently used idle connection (reused), or a new one.
+func (p *Pool) get(ctx context.Context) (c *conn, reused bool, err error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return nil, fault(fmt.Errorf("%s: sender closed", p.addr))
+		return nil, false, fault(fmt.Errorf("%s: sender closed", p.addr))
 	}
 	if n := len(p.idle); n > 0 {
 		c := p.idle[n-1]
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
-		return c, nil
+		return c, true, nil
 	}
 	p.mu.Unlock()
+	c, err = p.open(ctx)
+	return c, false, err
+}
+
+// open dials a new connection, never taking an idle one. The caller holds a slot.
+func (p *Pool) open(ctx context.Context) (*conn, error) {
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		return nil, fault(fmt.Errorf("%s: sender closed", p.addr))
+	}
 	c, err := p.dial(ctx)
 	if err != nil {
 		return nil, err
 	}
 	p.log.Debug("upstream connection opened", "upstream", p.addr, "tls", c.tls)
 	return c, nil
+}
+
+// dropSuspects closes the idle connections last used no later than knownGood, the last
+// moment a connection that has just broken was known to work.
+//
+// Whatever broke that connection in the meantime (an upstream restart, an idle timeout on
+// the upstream's side) had at least as long to hit these: after a restart all of them are
+// dead, and each would cost a sender a failed command. Connections returned since then
+// worked more recently, perhaps after the event, so they are kept rather than dropping all
+// idle ones: reconnecting costs a TLS handshake and AUTH, and a dead one among the kept is
+// still caught by its own sender's retry on a new connection. Because get hands out the
+// newest idle connection first, in practice this drops every connection that was idle when
+// the broken one was taken.
+//
+// They are closed without QUIT: presumed dead, they would hold the sender until quitTimeout
+// for a reply that cannot come.
+func (p *Pool) dropSuspects(knownGood time.Time) {
+	stale := p.takeIdle(knownGood.Add(1)) // Before(t): last used at knownGood or earlier
+	for _, c := range stale {
+		c.client.Close()
+	}
+	if len(stale) > 0 {
+		p.log.Info("upstream connection broke; closed the idle connections at least as old", "upstream", p.addr, "closed", len(stale))
+	}
 }
 
 // put returns c to the idle list, or closes it when it is broken or the pool is closed.
@@ -341,21 +393,26 @@ func (p *Pool) reap() {
 
 // closeIdle closes the idle connections last used before t and returns how many.
 func (p *Pool) closeIdle(t time.Time) int {
+	stale := p.takeIdle(t)
+	var wg sync.WaitGroup
+	for _, c := range stale {
+		wg.Go(func() { c.close(min(quitTimeout, p.timeout)) })
+	}
+	wg.Wait()
+	return len(stale)
+}
+
+// takeIdle removes from the idle list the connections last used before t and returns them.
+func (p *Pool) takeIdle(t time.Time) []*conn {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	n := 0
 	for n < len(p.idle) && p.idle[n].lastUsed.Before(t) {
 		n++
 	}
 	stale := slices.Clone(p.idle[:n])
 	p.idle = slices.Delete(p.idle, 0, n)
-	p.mu.Unlock()
-
-	var wg sync.WaitGroup
-	for _, c := range stale {
-		wg.Go(func() { c.close(min(quitTimeout, p.timeout)) })
-	}
-	wg.Wait()
-	return n
+	return stale
 }
 
 // Close closes the idle connections (QUIT) and makes later sends fail. Connections in use

@@ -314,6 +314,53 @@ func TestPoolConnectionDrop(t *testing.T) {
 	})
 }
 
+func TestPoolUpstreamRestart(t *testing.T) {
+	const conns = 4
+	u := startUpstream(t)
+	p := newPool(t, u, func(c *config.Upstream) { c.MaxConnections = conns })
+	sendAll := func(first, n int) {
+		t.Helper()
+		errs := make(chan error, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				_, err := p.Send(t.Context(), "app@customer.example", []string{"rcpt@dest.example"}, testMessage(first+i))
+				errs <- err
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err)
+		}
+	}
+	idle := func() int {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.idle)
+	}
+
+	// Every DATA waits until all are in progress, so the pool ends up with conns idle
+	// connections, all opened to the upstream that is about to restart.
+	b := newBarrier(conns)
+	u.set(func(u *upstream) { u.barrier = b })
+	sendAll(0, conns)
+	require.True(t, b.reached(), "the sends never ran at once")
+	u.set(func(u *upstream) { u.barrier = nil })
+	require.Equal(t, conns, idle())
+
+	u.restart(t)
+
+	_, err := p.Send(t.Context(), "app@customer.example", []string{"rcpt@dest.example"}, testMessage(100))
+	require.NoError(t, err, "the first message after the restart goes out on the first Send: the retry dials")
+	require.Equal(t, 1, idle(), "the idle connections from before the restart went with the broken one")
+
+	sendAll(200, 2*conns)
+	require.Len(t, u.messages(), conns+1+2*conns)
+	_, maxOpen := u.counts()
+	require.LessOrEqual(t, maxOpen, conns, "upstream.max_connections holds across the retries")
+}
+
 func TestPoolTLS(t *testing.T) {
 	for _, tc := range []struct {
 		name    string

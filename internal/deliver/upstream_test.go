@@ -33,6 +33,8 @@ type upstream struct {
 	users                    map[string]string // non-nil: MAIL needs AUTH as one of these
 
 	release chan struct{} // closed at cleanup: frees blocked sessions
+	tlsCfg  *tls.Config
+	srv     *smtp.Server // the running server; replaced by restart, under mu
 
 	mu        sync.Mutex
 	msgs      []message
@@ -84,29 +86,53 @@ func startUpstream(t testing.TB, opts ...upstreamOption) *upstream {
 	}
 	cert, roots := selfSigned(t)
 	u.roots = roots
-	tlsCfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	u.tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	u.addr = l.Addr().String()
+	u.serve(l)
+	t.Cleanup(func() {
+		close(u.release)
+		u.mu.Lock()
+		s := u.srv
+		u.mu.Unlock()
+		s.Close()
+	})
+	return u
+}
 
+// serve starts a new server on l.
+func (u *upstream) serve(l net.Listener) {
 	s := smtp.NewServer(u)
 	s.Domain = "upstream.test"
 	s.AllowInsecureAuth = true
 	s.EnableSMTPUTF8 = u.utf8
 	s.ErrorLog = discardLogger{}
 	if u.starttls {
-		s.TLSConfig = tlsCfg
+		s.TLSConfig = u.tlsCfg
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	u.addr = l.Addr().String()
 	var ln net.Listener = &countingListener{Listener: l, u: u}
 	if u.implicit {
-		ln = tls.NewListener(ln, tlsCfg)
+		ln = tls.NewListener(ln, u.tlsCfg)
 	}
+	u.mu.Lock()
+	u.srv = s
+	u.mu.Unlock()
 	go s.Serve(ln)
-	t.Cleanup(func() {
-		close(u.release)
-		s.Close()
-	})
-	return u
+}
+
+// restart stops the server, which closes every connection it has, and starts a new one on
+// the same address, as a smarthost restart does. Recorded state carries over.
+func (u *upstream) restart(t testing.TB) {
+	u.mu.Lock()
+	s := u.srv
+	u.mu.Unlock()
+	require.NoError(t, s.Close())
+	require.Eventually(t, func() bool { return u.openConns() == 0 }, 5*time.Second, 5*time.Millisecond,
+		"the old server's connections are closed")
+	l, err := net.Listen("tcp", u.addr) // Go listeners set SO_REUSEADDR: the port is free again
+	require.NoError(t, err)
+	u.serve(l)
 }
 
 func (u *upstream) set(f func(u *upstream)) {
