@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -47,7 +48,17 @@ type envelope struct {
 	Received time.Time  `json:"received"`
 	// Size is the length of the message that follows: a shorter file is damaged.
 	Size int `json:"size"`
+	// CRC is the CRC-32C of the message. A message file is made durable by the batch's
+	// syncfs, not an fsync of its own before the rename (see Spool.write): after a crash
+	// before that syncfs, the file may have the right size and unwritten blocks. Such a
+	// message was never acknowledged, and the checksum tells it from a good one.
+	CRC uint32 `json:"crc,omitempty"`
 }
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// checksum is the CRC of a message as the envelope records it.
+func checksum(data []byte) uint32 { return crc32.Checksum(data, castagnoli) }
 
 // state is the content of an ID.state file. Done only ever grows: a recipient written
 // there is never attempted again (SPEC §8: a delivered recipient must not be re-sent
@@ -218,6 +229,9 @@ func splitMessage(b []byte) (envelope, []byte, error) {
 	if len(b) != i+1+env.Size {
 		return env, nil, fmt.Errorf("%d octets, the envelope says %d", len(b), i+1+env.Size)
 	}
+	if env.CRC != 0 && checksum(b[i+1:]) != env.CRC {
+		return env, nil, errors.New("checksum mismatch: the message was not completely written")
+	}
 	return env, b[i+1:], nil
 }
 
@@ -254,6 +268,12 @@ func readState(dir, id string) (state, error) {
 // fsynced and renamed over name, then the directory is fsynced (syncDir), so that after a
 // crash name holds either its old content or all of the new one, never a part of it.
 func writeFile(dir *os.File, name string, syncDir func() error, parts ...[]byte) error {
+	return writeFileSync(dir, name, true, syncDir, parts...)
+}
+
+// writeFileSync is writeFile; without syncFile the file itself is not fsynced before the
+// rename, and syncDir must make both the data and the rename durable (syncfs does).
+func writeFileSync(dir *os.File, name string, syncFile bool, syncDir func() error, parts ...[]byte) error {
 	f, err := os.CreateTemp(dir.Name(), tmpPrefix+"*")
 	if err != nil {
 		return err
@@ -271,8 +291,10 @@ func writeFile(dir *os.File, name string, syncDir func() error, parts ...[]byte)
 			return err
 		}
 	}
-	if err := f.Sync(); err != nil {
-		return err
+	if syncFile {
+		if err := f.Sync(); err != nil {
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err

@@ -68,7 +68,7 @@ func (r *recycler) take(synced func(uint64) bool) string {
 
 // rewriteFile makes name hold parts like writeFile does, but writes them into the
 // existing free file instead of a new one.
-func rewriteFile(dir *os.File, free, name string, syncDir func() error, parts ...[]byte) error {
+func rewriteFile(dir *os.File, free, name string, syncFile bool, syncDir func() error, parts ...[]byte) error {
 	path := filepath.Join(dir.Name(), free)
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
@@ -92,8 +92,10 @@ func rewriteFile(dir *os.File, free, name string, syncDir func() error, parts ..
 	if err := f.Truncate(size); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return err
+	if syncFile {
+		if err := f.Sync(); err != nil {
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err

@@ -208,7 +208,7 @@ func Open(o Options) (*Spool, error) {
 		return nil, fmt.Errorf("spool %s: %w", o.Dir, err)
 	}
 	s := &Spool{
-		o: o, log: o.Log, dir: d, lock: lock, dirSync: newGroupSync(d.Sync),
+		o: o, log: o.Log, dir: d, lock: lock, dirSync: newGroupSync(func() error { return syncfs(d) }),
 		msgs: map[string]*message{},
 		kick: make(chan struct{}, 1),
 	}
@@ -246,7 +246,9 @@ func (s *Spool) recover() error {
 		if id == "" {
 			continue
 		}
-		env, err := readEnvelope(msgPath(s.o.Dir, id))
+		// The whole file is read, not just its envelope: its checksum tells a message whose
+		// batch was not synced at the crash (never acknowledged) from a good one.
+		env, _, err := readMessage(msgPath(s.o.Dir, id))
 		if err != nil {
 			// Not ours to delete: set aside for the admin, who learns of it from this
 			// log line (`relay queue list` shows only loadable messages).
@@ -343,14 +345,14 @@ func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data [
 
 // write puts the message file on disk durably.
 func (s *Spool) write(m *message, data []byte) error {
-	line, err := encodeEnvelope(envelope{From: rawString(m.from), To: m.to, Received: m.received, Size: len(data)})
+	line, err := encodeEnvelope(envelope{From: rawString(m.from), To: m.to, Received: m.received, Size: len(data), CRC: checksum(data)})
 	if err != nil {
 		return err
 	}
 	if free := s.recycle.take(s.dirSync.Synced); free != "" {
-		return rewriteFile(s.dir, free, m.id+msgSuffix, s.syncDir, line, data)
+		return rewriteFile(s.dir, free, m.id+msgSuffix, false, s.syncDir, line, data)
 	}
-	return writeFile(s.dir, m.id+msgSuffix, s.syncDir, line, data)
+	return writeFileSync(s.dir, m.id+msgSuffix, false, s.syncDir, line, data)
 }
 
 // removeDelivered removes the files of a message whose every recipient is done. The
