@@ -350,8 +350,10 @@ func (s *Spool) write(m *message, data []byte) error {
 		return err
 	}
 	if free := s.recycle.take(s.dirSync.Synced); free != "" {
+		s.recycle.reused.Add(1)
 		return rewriteFile(s.dir, free, m.id+msgSuffix, false, s.syncDir, line, data)
 	}
+	s.recycle.created.Add(1)
 	return writeFileSync(s.dir, m.id+msgSuffix, false, s.syncDir, line, data)
 }
 
@@ -402,6 +404,7 @@ func (s *Spool) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	s.abortFunc()
+	s.log.Info("spool: closed", "files_reused", s.recycle.reused.Load(), "files_created", s.recycle.created.Load())
 	return cmp.Or(s.dir.Close(), s.lock.Close())
 }
 
