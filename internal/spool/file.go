@@ -268,13 +268,21 @@ func readState(dir, id string) (state, error) {
 // fsynced and renamed over name, then the directory is fsynced (syncDir), so that after a
 // crash name holds either its old content or all of the new one, never a part of it.
 func writeFile(dir *os.File, name string, syncDir func() error, parts ...[]byte) error {
-	return writeFileSync(dir, name, true, syncDir, parts...)
+	return writeFileSync(dir, name, "", true, syncDir, parts...)
 }
 
-// writeFileSync is writeFile; without syncFile the file itself is not fsynced before the
-// rename, and syncDir must make both the data and the rename durable (syncfs does).
-func writeFileSync(dir *os.File, name string, syncFile bool, syncDir func() error, parts ...[]byte) error {
-	f, err := os.CreateTemp(dir.Name(), tmpPrefix+"*")
+// writeFileSync is writeFile, with two options. free, when not "", is a free file (see
+// recycle.go) to write into instead of a new temp file. Without syncFile the file itself is
+// not fsynced before the rename, and syncDir must make both the data and the rename durable
+// (syncfs does).
+func writeFileSync(dir *os.File, name, free string, syncFile bool, syncDir func() error, parts ...[]byte) error {
+	var f *os.File
+	var err error
+	if free == "" {
+		f, err = os.CreateTemp(dir.Name(), tmpPrefix+"*")
+	} else {
+		f, err = os.OpenFile(filepath.Join(dir.Name(), free), os.O_WRONLY, 0)
+	}
 	if err != nil {
 		return err
 	}
@@ -286,8 +294,17 @@ func writeFileSync(dir *os.File, name string, syncFile bool, syncDir func() erro
 			os.Remove(tmp)
 		}
 	}()
+	var size int64
 	for _, p := range parts {
-		if _, err := f.Write(p); err != nil {
+		n, err := f.Write(p)
+		size += int64(n)
+		if err != nil {
+			return err
+		}
+	}
+	if free != "" {
+		// A free file held a message of its own, maybe a longer one.
+		if err := f.Truncate(size); err != nil {
 			return err
 		}
 	}

@@ -39,7 +39,7 @@ func TestRecycle(t *testing.T) {
 	require.NotEqual(t, "", free)
 	require.True(t, strings.HasPrefix(free, tmpPrefix), "Open must remove a free file left at a crash")
 
-	require.NoError(t, rewriteFile(d, free, "b.msg", true, g.Sync, []byte("env2\n"), []byte("short\r\n")))
+	require.NoError(t, writeFileSync(d, "b.msg", free, true, g.Sync, []byte("env2\n"), []byte("short\r\n")))
 	b, err := os.ReadFile(filepath.Join(dir, "b.msg"))
 	require.NoError(t, err)
 	require.Equal(t, "env2\nshort\r\n", string(b), "the old, longer content is truncated away")

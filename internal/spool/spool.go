@@ -349,12 +349,13 @@ func (s *Spool) write(m *message, data []byte) error {
 	if err != nil {
 		return err
 	}
-	if free := s.recycle.take(s.dirSync.Synced); free != "" {
+	free := s.recycle.take(s.dirSync.Synced)
+	if free != "" {
 		s.recycle.reused.Add(1)
-		return rewriteFile(s.dir, free, m.id+msgSuffix, false, s.syncDir, line, data)
+	} else {
+		s.recycle.created.Add(1)
 	}
-	s.recycle.created.Add(1)
-	return writeFileSync(s.dir, m.id+msgSuffix, false, s.syncDir, line, data)
+	return writeFileSync(s.dir, m.id+msgSuffix, free, false, s.syncDir, line, data)
 }
 
 // removeDelivered removes the files of a message whose every recipient is done. The
