@@ -19,18 +19,25 @@ import (
 // at the inode, and overwriting it would turn a harmless repeat delivery into a corrupt one.
 // A free file (and one half-rewritten at a crash) has the temp prefix, so Open removes it.
 
-// maxRecycled bounds the free files kept; beyond it delivered files are removed.
-const maxRecycled = 256
+// The free files kept, at most maxRecycled of them holding at most maxRecycledBytes (a free
+// file keeps its old content until reused); beyond that delivered files are removed. Enough
+// to hold the backlog of a burst, so the next burst allocates no inode either.
+const (
+	maxRecycled      = 4096
+	maxRecycledBytes = 64 << 20
+)
 
 type recycled struct {
 	name  string // a name in the spool directory
 	batch uint64 // the directory fsync that makes its rename durable
+	size  int64
 }
 
 type recycler struct {
-	mu   sync.Mutex
-	free []recycled
-	n    uint64
+	mu    sync.Mutex
+	free  []recycled
+	bytes int64 // the sizes of free
+	n     uint64
 	// reused and created count message files written into a free file and into a new
 	// one: the log line at Close tells an admin whether recycling works on their disk.
 	reused, created atomic.Int64
@@ -38,9 +45,9 @@ type recycler struct {
 
 // release renames the message file at path to a free name, or removes it when enough
 // files are kept already. ticket is the directory-fsync batch that will cover the rename.
-func (r *recycler) release(dir, path string, ticket func() uint64) error {
+func (r *recycler) release(dir, path string, size int64, ticket func() uint64) error {
 	r.mu.Lock()
-	full := len(r.free) >= maxRecycled
+	full := len(r.free) >= maxRecycled || r.bytes+size > maxRecycledBytes
 	r.n++
 	name := tmpPrefix + "free-" + strconv.FormatUint(r.n, 10)
 	r.mu.Unlock()
@@ -52,7 +59,8 @@ func (r *recycler) release(dir, path string, ticket func() uint64) error {
 	}
 	t := ticket()
 	r.mu.Lock()
-	r.free = append(r.free, recycled{name: name, batch: t})
+	r.free = append(r.free, recycled{name: name, batch: t, size: size})
+	r.bytes += size
 	r.mu.Unlock()
 	return nil
 }
@@ -64,6 +72,7 @@ func (r *recycler) take(synced func(uint64) bool) string {
 	for i, f := range r.free {
 		if synced(f.batch) {
 			r.free = append(r.free[:i], r.free[i+1:]...)
+			r.bytes -= f.size
 			return f.name
 		}
 	}

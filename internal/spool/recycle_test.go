@@ -28,7 +28,7 @@ func TestRecycle(t *testing.T) {
 	long := strings.Repeat("first message, longer than the second\r\n", 100)
 	require.NoError(t, writeFile(d, "a.msg", g.Sync, []byte("env\n"), []byte(long)))
 	ino := inode(t, filepath.Join(dir, "a.msg"))
-	require.NoError(t, r.release(dir, filepath.Join(dir, "a.msg"), g.Ticket))
+	require.NoError(t, r.release(dir, filepath.Join(dir, "a.msg"), int64(len(long)), g.Ticket))
 	_, err = os.Stat(filepath.Join(dir, "a.msg"))
 	require.ErrorIs(t, err, os.ErrNotExist)
 
@@ -56,12 +56,23 @@ func TestRecycleBounded(t *testing.T) {
 	defer d.Close()
 	g := newGroupSync(d.Sync)
 	var r recycler
-	for i := 0; i < maxRecycled+5; i++ {
-		name := filepath.Join(dir, "m.msg")
-		require.NoError(t, os.WriteFile(name, []byte("x"), 0o600))
-		require.NoError(t, r.release(dir, name, g.Ticket))
+	release := func(n int, size int64) {
+		for i := 0; i < n; i++ {
+			name := filepath.Join(dir, "m.msg")
+			require.NoError(t, os.WriteFile(name, []byte("x"), 0o600))
+			require.NoError(t, r.release(dir, name, size, g.Ticket))
+		}
 	}
-	ents, err := os.ReadDir(dir)
-	require.NoError(t, err)
-	require.Len(t, ents, maxRecycled)
+	count := func() int {
+		ents, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		return len(ents)
+	}
+	release(maxRecycled+5, 1)
+	require.Equal(t, maxRecycled, count(), "at most maxRecycled files")
+
+	dir = t.TempDir()
+	r = recycler{}
+	release(10, maxRecycledBytes/4)
+	require.Equal(t, 4, count(), "at most maxRecycledBytes")
 }

@@ -262,7 +262,7 @@ func (s *Spool) finish(m *message, data []byte, start time.Time, delivered []str
 	}
 	if left == 0 {
 		// In the common case (delivered at the first attempt) there is no state file.
-		if err := s.removeDelivered(m.id, m.stateOnDisk); err != nil {
+		if err := s.removeDelivered(m.id, m.size, m.stateOnDisk); err != nil {
 			// The message will be loaded again at the next start with the recipients
 			// of its last persisted state: at-least-once.
 			s.log.Error("spool: remove delivered message", "id", m.id, "err", err)

@@ -360,8 +360,8 @@ func (s *Spool) write(m *message, data []byte) error {
 
 // removeDelivered removes the files of a message whose every recipient is done. The
 // message file is recycled; the state file, rare, is removed.
-func (s *Spool) removeDelivered(id string, state bool) error {
-	err := s.recycle.release(s.o.Dir, msgPath(s.o.Dir, id), s.dirSync.Ticket)
+func (s *Spool) removeDelivered(id string, size int, state bool) error {
+	err := s.recycle.release(s.o.Dir, msgPath(s.o.Dir, id), int64(size), s.dirSync.Ticket)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
