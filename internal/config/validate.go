@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"relay/internal/dkimkey"
+	"relay/internal/rewrite"
 )
 
 // validate checks every key of a decoded c, fills its derived fields and the defaults that
@@ -162,7 +163,7 @@ func (v *validator) sender() {
 	}
 	v.address("sender.fallback", s.Fallback)
 	v.displayName("sender.display_name", s.DisplayName)
-	if s.OriginalHeader != "" && !headerName(s.OriginalHeader) {
+	if s.OriginalHeader != "" && !rewrite.ValidFieldName(s.OriginalHeader) {
 		v.ps.add("sender.original_header", "%q is not a header field name", s.OriginalHeader)
 	} else if managedHeader(s.OriginalHeader) {
 		v.ps.add("sender.original_header", "%q is a header the relay writes itself; pick another name, e.g. \"X-Original-From\"", s.OriginalHeader)
@@ -240,7 +241,7 @@ func (v *validator) dkim() {
 	}
 	from := false
 	for i, h := range d.Headers {
-		if !headerName(h) {
+		if !rewrite.ValidFieldName(h) {
 			v.ps.add(fmt.Sprintf("dkim.headers[%d]", i), "%q is not a header field name", h)
 		}
 		from = from || strings.EqualFold(h, "From")
@@ -470,20 +471,6 @@ func selector(s string) error {
 		return fmt.Errorf("%q is not a valid selector (letters, digits, \"-\" and dots)", s)
 	}
 	return nil
-}
-
-// headerName reports whether h is a header field name (RFC 5322 §3.6.8: printable ASCII
-// except colon).
-func headerName(h string) bool {
-	if h == "" {
-		return false
-	}
-	for i := 0; i < len(h); i++ {
-		if h[i] < 33 || h[i] > 126 || h[i] == ':' {
-			return false
-		}
-	}
-	return true
 }
 
 // displayName checks the placeholders of a display_name template.

@@ -127,7 +127,7 @@ func (p *Pipeline) Process(ctx context.Context, in Input) (Result, error) {
 	}
 	res.Decision = d
 
-	u := findUnit(cfg, d.Unit)
+	u := policy.FindUnit(cfg, d.Unit)
 	tmpl := cfg.Sender.DisplayName
 	if u != nil && u.DisplayName != "" {
 		tmpl = u.DisplayName
@@ -221,15 +221,6 @@ func (p *Pipeline) Process(ctx context.Context, in Input) (Result, error) {
 		"rcpts", len(in.To), "to", in.To, "size", len(res.Message),
 		"duration", time.Since(start).Round(time.Microsecond))
 	return res, nil
-}
-
-func findUnit(cfg *config.Config, name string) *config.Unit {
-	for i := range cfg.Units {
-		if cfg.Units[i].Name == name && name != "" {
-			return &cfg.Units[i]
-		}
-	}
-	return nil
 }
 
 // CRLF converts bare LF line ends to CRLF: messages read from files (`relay send

@@ -93,17 +93,9 @@ var ErrNoAuthorizer = errors.New("policy: live checks enabled without an authori
 // Decide returns the effective sender for in under cfg. auth may be nil when neither SPF
 // nor delegation checks are enabled.
 func Decide(ctx context.Context, cfg *config.Config, auth Authorizer, in Input) (Decision, error) {
-	var unit *config.Unit
-	if in.Unit != "" {
-		for i := range cfg.Units {
-			if strings.EqualFold(cfg.Units[i].Name, in.Unit) {
-				unit = &cfg.Units[i]
-				break
-			}
-		}
-		if unit == nil {
-			return Decision{}, &UnknownUnitError{Unit: in.Unit}
-		}
+	unit := FindUnit(cfg, in.Unit)
+	if in.Unit != "" && unit == nil {
+		return Decision{}, &UnknownUnitError{Unit: in.Unit}
 	}
 	if auth == nil && (cfg.SPF.Enabled || cfg.DKIM.DelegationCheck) {
 		return Decision{}, ErrNoAuthorizer
@@ -158,6 +150,19 @@ func Decide(ctx context.Context, cfg *config.Config, auth Authorizer, in Input) 
 
 	d.DKIMDomain = dkimDomain(cfg, d)
 	return d, nil
+}
+
+// FindUnit returns the unit of cfg named name (names compare without case), or nil.
+func FindUnit(cfg *config.Config, name string) *config.Unit {
+	if name == "" {
+		return nil
+	}
+	for i := range cfg.Units {
+		if strings.EqualFold(cfg.Units[i].Name, name) {
+			return &cfg.Units[i]
+		}
+	}
+	return nil
 }
 
 func bounceAddress(cfg *config.Config, unit *config.Unit, fallback string) string {
