@@ -47,17 +47,39 @@ func List(dir string) ([]Entry, error) {
 	}
 	all := requested(dir, "retry")
 	var out []Entry
+	var names []string
+	inFile := map[string]bool{}
 	for _, e := range ents {
+		names = append(names, e.Name())
 		id := idOf(e.Name())
 		if id == "" {
 			continue
 		}
+		inFile[id] = true
 		ent, err := entry(dir, id)
 		if err != nil {
 			continue // delivered and removed meanwhile, or damaged: Open reports those
 		}
 		ent.RetryRequested = ent.RetryRequested || all
 		out = append(out, ent)
+	}
+	segMsgs, _, err := scanSegments(dir, names, nil)
+	if err != nil {
+		return nil, fmt.Errorf("spool %s: %w", dir, err)
+	}
+	for id, sm := range segMsgs {
+		if inFile[id] {
+			continue // moved out of its segment: the file is the truth
+		}
+		st, err := readState(dir, id)
+		if err != nil {
+			continue
+		}
+		ent := newEntry(dir, id, sm.rec.env, st)
+		ent.RetryRequested = ent.RetryRequested || all
+		if len(ent.To) > 0 {
+			out = append(out, ent)
+		}
 	}
 	slices.SortFunc(out, func(a, b Entry) int {
 		return cmp.Or(a.Received.Compare(b.Received), strings.Compare(a.ID, b.ID))
@@ -100,7 +122,14 @@ func Show(dir, id string) (Entry, []byte, error) {
 	}
 	env, data, err := readMessage(msgPath(dir, id))
 	if errors.Is(err, os.ErrNotExist) {
-		return Entry{}, nil, fmt.Errorf("%s: %w", id, ErrNotFound)
+		sm, ok, serr := findInSegments(dir, id)
+		switch {
+		case serr != nil:
+			return Entry{}, nil, serr
+		case !ok:
+			return Entry{}, nil, fmt.Errorf("%s: %w", id, ErrNotFound)
+		}
+		env, data, err = sm.rec.env, sm.rec.data, nil
 	}
 	if err != nil {
 		return Entry{}, nil, err
@@ -130,12 +159,21 @@ func Retry(dir, id string) error {
 // Delete removes id from the spool without delivering it further. The files go at once
 // (List no longer shows it); a running server forgets the message within its
 // PollInterval, and one in the middle of delivering it finishes that attempt.
+//
+// A message still in a segment is marked done in the segment's done file, which is synced:
+// the server never appends to a segment it did not write, and Open skips what is done.
 func Delete(dir, id string) error {
-	if err := exists(dir, id); err != nil {
+	sm, inSeg, err := where(dir, id)
+	if err != nil {
 		return err
 	}
 	if err := request(dir, "delete-"+id); err != nil {
 		return err
+	}
+	if inSeg {
+		if err := markDoneSynced(dir, sm.segID, id); err != nil {
+			return fmt.Errorf("spool %s: delete %s: %w", dir, id, err)
+		}
 	}
 	if err := removeFiles(dir, id); err != nil {
 		return fmt.Errorf("spool %s: delete %s: %w", dir, id, err)
@@ -144,16 +182,58 @@ func Delete(dir, id string) error {
 }
 
 func exists(dir, id string) error {
+	_, _, err := where(dir, id)
+	return err
+}
+
+// where finds id: in a file of its own, or in a segment (inSeg).
+func where(dir, id string) (sm segMessage, inSeg bool, err error) {
 	if err := validID(id); err != nil {
+		return sm, false, err
+	}
+	_, err = os.Stat(msgPath(dir, id))
+	if err == nil {
+		return sm, false, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return sm, false, err
+	}
+	sm, ok, err := findInSegments(dir, id)
+	if err != nil {
+		return sm, false, err
+	}
+	if !ok {
+		return sm, false, fmt.Errorf("%s: %w", id, ErrNotFound)
+	}
+	return sm, true, nil
+}
+
+// findInSegments looks for id among the segments' messages that are not done.
+func findInSegments(dir, id string) (segMessage, bool, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return segMessage{}, false, fmt.Errorf("spool %s: %w", dir, err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	msgs, _, err := scanSegments(dir, names, nil)
+	if err != nil {
+		return segMessage{}, false, fmt.Errorf("spool %s: %w", dir, err)
+	}
+	sm, ok := msgs[id]
+	return sm, ok, nil
+}
+
+// markDoneSynced appends id to a segment's done file and syncs it.
+func markDoneSynced(dir, segID, id string) error {
+	f, err := os.OpenFile(donePath(dir, segID), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
 		return err
 	}
-	if _, err := os.Stat(msgPath(dir, id)); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%s: %w", id, ErrNotFound)
-		}
-		return err
-	}
-	return nil
+	_, err = f.Write([]byte(id + "\n"))
+	return cmp.Or(err, f.Sync(), f.Close())
 }
 
 // request leaves a request file for the server.
@@ -197,6 +277,7 @@ func (s *Spool) applyRequests() {
 		return
 	}
 	s.ctlBroken = false
+	var retire []*segment
 	for _, e := range ents {
 		name := e.Name()
 		s.mu.Lock()
@@ -216,7 +297,9 @@ func (s *Spool) applyRequests() {
 		case strings.HasPrefix(name, "delete-"):
 			id := strings.TrimPrefix(name, "delete-")
 			if m := s.msgs[id]; m != nil {
-				s.dropLocked(m)
+				if seg := s.dropLocked(m); seg != nil {
+					retire = append(retire, seg)
+				}
 				s.log.Info("spool: message deleted by request", "id", m.id)
 			}
 			// Delete removed the files, but a delivery attempt that ended since then
@@ -229,6 +312,9 @@ func (s *Spool) applyRequests() {
 		if err := os.Remove(filepath.Join(ctl, name)); err != nil {
 			s.log.Error("spool: remove request", "file", name, "err", err)
 		}
+	}
+	for _, seg := range retire {
+		s.retire(seg)
 	}
 	s.wake()
 }

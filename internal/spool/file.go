@@ -19,9 +19,12 @@ import (
 // On-disk layout of a spool directory (state on disk is the truth; the server's memory is a
 // cache of it, so `relay queue` works from another process):
 //
-//	ID.msg      the envelope on one line, then the message exactly as it will be sent
+//	seg-*.log   accepted messages, appended in batches (see segment.go)
+//	seg-*.done  the ids of a segment's messages that are done
+//	ID.msg      a message that waits for a retry, moved out of its segment: the envelope
+//	            on one line, then the message exactly as it will be sent
 //	ID.state    delivery state, written only once an attempt has left work to do
-//	.tmp-*      a file being written; left over only by a crash, removed by Open
+//	.tmp-*      a file being written, or a retired segment kept as a spare; removed by Open
 //	ID.bad      a message file that could not be parsed, set aside by Open for the admin
 //	ctl/        requests from `relay queue` to the running server (see admin.go)
 //	lock        flocked by the server that has the spool open
@@ -43,15 +46,19 @@ const (
 
 // envelope is the first line of a message file, after magic.
 type envelope struct {
+	// ID and Seg are set in a segment's records only: the message's id, and the segment
+	// the record was written to (a recycled segment still holds records of its old id).
+	// Seg comes first: the writer fills it in the encoded header (setRecordSeg).
+	Seg      string     `json:"seg,omitempty"`
+	ID       string     `json:"id,omitempty"`
 	From     rawString  `json:"from"`
 	To       rawStrings `json:"to"`
 	Received time.Time  `json:"received"`
 	// Size is the length of the message that follows: a shorter file is damaged.
 	Size int `json:"size"`
-	// CRC is the CRC-32C of the message. A message file is made durable by the batch's
-	// syncfs, not an fsync of its own before the rename (see Spool.write): after a crash
-	// before that syncfs, the file may have the right size and unwritten blocks. Such a
-	// message was never acknowledged, and the checksum tells it from a good one.
+	// CRC is the CRC-32C of the message: after a crash, a record or file whose blocks were
+	// never written (never acknowledged) may have the right size; the checksum tells it
+	// from a good one.
 	CRC uint32 `json:"crc,omitempty"`
 }
 
@@ -268,21 +275,7 @@ func readState(dir, id string) (state, error) {
 // fsynced and renamed over name, then the directory is fsynced (syncDir), so that after a
 // crash name holds either its old content or all of the new one, never a part of it.
 func writeFile(dir *os.File, name string, syncDir func() error, parts ...[]byte) error {
-	return writeFileSync(dir, name, "", true, syncDir, parts...)
-}
-
-// writeFileSync is writeFile, with two options. free, when not "", is a free file (see
-// recycle.go) to write into instead of a new temp file. Without syncFile the file itself is
-// not fsynced before the rename, and syncDir must make both the data and the rename durable
-// (syncfs does).
-func writeFileSync(dir *os.File, name, free string, syncFile bool, syncDir func() error, parts ...[]byte) error {
-	var f *os.File
-	var err error
-	if free == "" {
-		f, err = os.CreateTemp(dir.Name(), tmpPrefix+"*")
-	} else {
-		f, err = os.OpenFile(filepath.Join(dir.Name(), free), os.O_WRONLY, 0)
-	}
+	f, err := os.CreateTemp(dir.Name(), tmpPrefix+"*")
 	if err != nil {
 		return err
 	}
@@ -294,24 +287,13 @@ func writeFileSync(dir *os.File, name, free string, syncFile bool, syncDir func(
 			os.Remove(tmp)
 		}
 	}()
-	var size int64
 	for _, p := range parts {
-		n, err := f.Write(p)
-		size += int64(n)
-		if err != nil {
+		if _, err := f.Write(p); err != nil {
 			return err
 		}
 	}
-	if free != "" {
-		// A free file held a message of its own, maybe a longer one.
-		if err := f.Truncate(size); err != nil {
-			return err
-		}
-	}
-	if syncFile {
-		if err := f.Sync(); err != nil {
-			return err
-		}
+	if err := f.Sync(); err != nil {
+		return err
 	}
 	if err := f.Close(); err != nil {
 		return err

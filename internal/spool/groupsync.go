@@ -1,11 +1,6 @@
 package spool
 
-import (
-	"os"
-	"sync"
-
-	"golang.org/x/sys/unix"
-)
+import "sync"
 
 // groupSync fsyncs a directory for many callers at once: a caller joins the open batch;
 // one of them (the leader) closes it and fsyncs, and every member returns when that
@@ -73,20 +68,4 @@ func (g *groupSync) Synced(b uint64) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.done >= b && g.err == nil
-}
-
-// syncfs makes everything written to the file system of d durable: the data and inodes of
-// every message file of the batch and the directory entries that name them, in one call
-// instead of an fsync per file plus one for the directory (syncfs(2); since Linux 5.8 it
-// reports writeback errors).
-func syncfs(d *os.File) error {
-	for {
-		err := unix.Syncfs(int(d.Fd()))
-		if err != unix.EINTR {
-			if err != nil {
-				return &os.SyscallError{Syscall: "syncfs", Err: err}
-			}
-			return nil
-		}
-	}
 }

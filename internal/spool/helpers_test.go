@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -238,19 +239,34 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	require.Eventually(t, cond, 20*time.Second, 2*time.Millisecond, what)
 }
 
-// files lists the entries of dir, except ctl/ and the lock.
+// files lists the entries of dir, except ctl/, the lock and the segments (see segFiles).
 func files(t *testing.T, dir string) []string {
 	t.Helper()
 	ents, err := os.ReadDir(dir)
 	require.NoError(t, err)
 	var names []string
 	for _, e := range ents {
-		// Free files are delivered messages' files kept for reuse (recycle.go).
-		if e.Name() != ctlDir && e.Name() != lockFile && !strings.HasPrefix(e.Name(), tmpPrefix+"free-") {
+		if e.Name() != ctlDir && e.Name() != lockFile && !strings.HasPrefix(e.Name(), segPrefix) && !strings.HasPrefix(e.Name(), sparePfx) {
 			names = append(names, e.Name())
 		}
 	}
 	return names
+}
+
+// segFiles lists the segment files of dir (logs and done files) and the spares.
+func segFiles(t *testing.T, dir string) (segs, spares []string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	for _, e := range ents {
+		switch {
+		case strings.HasPrefix(e.Name(), segPrefix):
+			segs = append(segs, e.Name())
+		case strings.HasPrefix(e.Name(), sparePfx):
+			spares = append(spares, e.Name())
+		}
+	}
+	return segs, spares
 }
 
 type testWriter struct{ t *testing.T }
@@ -266,3 +282,10 @@ func msg(subject string) []byte {
 }
 
 var errTest = errors.New("test failure")
+
+func inode(t *testing.T, path string) uint64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	return fi.Sys().(*syscall.Stat_t).Ino
+}

@@ -123,7 +123,7 @@ func (s *Spool) attempt(m *message) {
 	start := time.Now()
 	if data == nil {
 		var err error
-		if _, data, err = readMessage(msgPath(s.o.Dir, m.id)); err != nil {
+		if data, err = s.readData(m); err != nil {
 			if errors.Is(err, os.ErrNotExist) {
 				s.forget(m, "removed from the spool directory")
 				return
@@ -262,7 +262,7 @@ func (s *Spool) finish(m *message, data []byte, start time.Time, delivered []str
 	}
 	if left == 0 {
 		// In the common case (delivered at the first attempt) there is no state file.
-		if err := s.removeDelivered(m.id, m.size, m.stateOnDisk); err != nil {
+		if err := s.removeDelivered(m); err != nil {
 			// The message will be loaded again at the next start with the recipients
 			// of its last persisted state: at-least-once.
 			s.log.Error("spool: remove delivered message", "id", m.id, "err", err)
@@ -272,11 +272,17 @@ func (s *Spool) finish(m *message, data []byte, start time.Time, delivered []str
 		s.mu.Unlock()
 		return
 	}
-	err := s.persist(m.id, st)
+	s.mu.Lock()
+	inSeg := m.seg != nil
+	s.mu.Unlock()
+	err := s.persist(m.id, st, inSeg)
 	if err != nil {
 		// The message stays queued in memory and on disk; what is lost is only the
 		// record of this attempt, so a restart may repeat deliveries, never drop one.
 		s.log.Error("spool: persist state", "id", m.id, "err", err)
+	} else if inSeg && data != nil {
+		// It waits for a retry: out of the log, so that its segment can be retired.
+		s.moveOut(m, data)
 	}
 	s.mu.Lock()
 	// Even a failed write may have left a state file (renamed, then the directory fsync
@@ -294,10 +300,13 @@ func (s *Spool) finish(m *message, data []byte, start time.Time, delivered []str
 	}
 }
 
-// persist writes ID.state, unless the message file is gone (deleted by the admin).
-func (s *Spool) persist(id string, st state) error {
-	if _, err := os.Stat(msgPath(s.o.Dir, id)); err != nil {
-		return err
+// persist writes ID.state, unless the message file is gone (deleted by the admin). A
+// message still in a segment has no file; its deletion is noticed by the dispatcher.
+func (s *Spool) persist(id string, st state, inSeg bool) error {
+	if !inSeg {
+		if _, err := os.Stat(msgPath(s.o.Dir, id)); err != nil {
+			return err
+		}
 	}
 	b, err := json.Marshal(st)
 	if err != nil {
@@ -306,16 +315,53 @@ func (s *Spool) persist(id string, st state) error {
 	return writeFile(s.dir, id+stateSuffix, s.syncDir, b)
 }
 
+// moveOut writes m to a file of its own (ID.msg) and marks its record done. On failure
+// it stays in its segment, which then stays too.
+func (s *Spool) moveOut(m *message, data []byte) {
+	line, err := encodeEnvelope(envelope{From: rawString(m.from), To: m.to, Received: m.received, Size: len(data), CRC: checksum(data)})
+	if err == nil {
+		err = writeFile(s.dir, m.id+msgSuffix, s.syncDir, line, data)
+	}
+	if err != nil {
+		s.log.Error("spool: move a deferred message out of its segment", "id", m.id, "err", err)
+		return
+	}
+	s.release(m, true)
+}
+
+// readData reads the message of m from its segment or its file.
+func (s *Spool) readData(m *message) ([]byte, error) {
+	s.mu.Lock()
+	seg, off, crc := m.seg, m.off, m.crc
+	s.mu.Unlock()
+	if seg != nil {
+		return readSegData(seg, off, m.size, crc)
+	}
+	_, data, err := readMessage(msgPath(s.o.Dir, m.id))
+	return data, err
+}
+
 // forget drops m from memory, its file being gone.
 func (s *Spool) forget(m *message, why string) {
 	s.mu.Lock()
-	s.dropLocked(m)
+	retire := s.dropLocked(m)
 	s.mu.Unlock()
+	if retire != nil {
+		s.retire(retire)
+	}
 	s.log.Info("spool: message dropped", "id", m.id, "reason", why)
 }
 
-// dropLocked removes m from every in-memory structure. s.mu is held.
-func (s *Spool) dropLocked(m *message) {
+// dropLocked removes m from every in-memory structure, and returns its segment when that
+// is to be retired now. s.mu is held.
+func (s *Spool) dropLocked(m *message) *segment {
+	var retire *segment
+	if seg := m.seg; seg != nil {
+		m.seg = nil
+		if s.unlinkLocked(seg) {
+			retire = seg
+		}
+	}
 	m.deleted = true
 	m.inflight = false
 	if m.index >= 0 {
@@ -326,6 +372,7 @@ func (s *Spool) dropLocked(m *message) {
 		m.data = nil
 	}
 	delete(s.msgs, m.id)
+	return retire
 }
 
 // nextTry is exponential backoff with jitter: RetryMin doubled per attempt up to RetryMax,

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -83,12 +84,15 @@ type Spool struct {
 	log  *slog.Logger
 	dir  *os.File // held open to fsync the directory
 	lock *os.File // DIR/lock, flocked while open: one server per spool
-	// syncDir fsyncs the directory after a rename. It batches the fsyncs of concurrent
-	// writers (groupSync): up to 1.7x the messages per second of one fsync each on ext4,
-	// which already merges concurrent journal commits (BenchmarkSubmit measures both).
+	// dirDev and dirIno identify the directory, to notice it moved (checkDir).
+	dirDev, dirIno uint64
+	// syncDir fsyncs the directory after a rename (message and state files), batching
+	// the fsyncs of concurrent writers (groupSync).
 	dirSync *groupSync
 	syncDir func() error
-	recycle recycler // files of delivered messages, for the next ones
+
+	w      logWriter // the group commit into segments
+	segMax int64     // defaultSegMax; smaller in tests
 
 	// abort ends deliveries in flight; Close calls it.
 	abort     context.Context
@@ -98,6 +102,8 @@ type Spool struct {
 
 	mu      sync.Mutex
 	msgs    map[string]*message // every message in the spool, by id
+	segs    map[string]*segment // open segments, by id
+	spares  []string            // paths of retired segments kept for reuse
 	ready   []*message          // due now, oldest first
 	waiting timeHeap            // due later
 	cached  int                 // octets of message data held in memory
@@ -116,7 +122,12 @@ type message struct {
 	received time.Time
 	size     int
 
-	data     []byte // nil: read it from the file
+	data []byte // nil: read it from the file
+	// seg is the segment that holds the message, at off, with checksum crc; nil once it
+	// is in a file of its own (ID.msg).
+	seg      *segment
+	off      int64
+	crc      uint32
 	st       state
 	index    int  // in Spool.waiting; -1 when not there
 	inflight bool // a worker has it
@@ -203,18 +214,25 @@ func Open(o Options) (*Spool, error) {
 		return nil, fmt.Errorf("spool %s: %w", o.Dir, err)
 	}
 	d, err := os.Open(o.Dir)
+	var st syscall.Stat_t
+	if err == nil {
+		err = syscall.Fstat(int(d.Fd()), &st)
+	}
 	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("spool %s: %w", o.Dir, err)
 	}
 	s := &Spool{
-		o: o, log: o.Log, dir: d, lock: lock, dirSync: newGroupSync(func() error { return syncfs(d) }),
-		msgs: map[string]*message{},
+		o: o, log: o.Log, dir: d, lock: lock, dirSync: newGroupSync(d.Sync),
+		dirDev: uint64(st.Dev), dirIno: uint64(st.Ino), segMax: defaultSegMax,
+		msgs: map[string]*message{}, segs: map[string]*segment{},
 		kick: make(chan struct{}, 1),
 	}
+	s.w.cond.L = &s.w.mu
 	s.syncDir = s.dirSync.Sync
 	s.abort, s.abortFunc = context.WithCancel(context.Background())
 	if err := s.recover(); err != nil {
+		s.closeSegments()
 		d.Close()
 		lock.Close()
 		return nil, fmt.Errorf("spool %s: recover: %w", o.Dir, err)
@@ -223,7 +241,8 @@ func Open(o Options) (*Spool, error) {
 	return s, nil
 }
 
-// recover loads the directory into memory.
+// recover loads the directory into memory: message files first, then the segments'
+// messages that are not done and not in a file of their own.
 func (s *Spool) recover() error {
 	ents, err := os.ReadDir(s.o.Dir)
 	if err != nil {
@@ -232,14 +251,19 @@ func (s *Spool) recover() error {
 	now := s.o.Now()
 	var msgs []*message
 	hasMsg := map[string]bool{}
+	var names []string
 	for _, e := range ents {
 		name := e.Name()
+		names = append(names, name)
 		if strings.HasPrefix(name, tmpPrefix) {
-			// A write the crash interrupted: its Submit never returned success.
+			// A write the crash interrupted (its Submit never returned success), or a
+			// spare segment.
 			if err := os.Remove(filepath.Join(s.o.Dir, name)); err != nil {
 				return err
 			}
-			s.log.Info("spool: removed a partial file left by a crash", "file", name)
+			if !strings.HasPrefix(name, sparePfx) {
+				s.log.Info("spool: removed a partial file left by a crash", "file", name)
+			}
 			continue
 		}
 		id := idOf(name)
@@ -247,7 +271,7 @@ func (s *Spool) recover() error {
 			continue
 		}
 		// The whole file is read, not just its envelope: its checksum tells a message whose
-		// batch was not synced at the crash (never acknowledged) from a good one.
+		// write was not synced at the crash (never acknowledged) from a good one.
 		env, _, err := readMessage(msgPath(s.o.Dir, id))
 		if err != nil {
 			// Not ours to delete: set aside for the admin, who learns of it from this
@@ -258,27 +282,65 @@ func (s *Spool) recover() error {
 			}
 			continue
 		}
-		st, err := readState(s.o.Dir, id)
+		m, err := s.loaded(id, env)
 		if err != nil {
-			// The state is written atomically, so this is damage too; starting over
-			// can only repeat deliveries, never lose one.
-			s.log.Error("spool: damaged state file ignored", "id", id, "err", err)
-			st = state{}
+			return err
 		}
 		hasMsg[id] = true
-		m := &message{id: id, from: string(env.From), to: env.To, received: env.Received, size: env.Size, st: st, index: -1, stateOnDisk: true}
-		if len(m.pending()) == 0 {
-			// Every recipient was done but the crash came before the removal.
-			if err := removeFiles(s.o.Dir, id); err != nil {
+		if m != nil {
+			msgs = append(msgs, m)
+		}
+	}
+
+	segMsgs, segIDs, err := scanSegments(s.o.Dir, names, func(segID string, damaged int) {
+		s.log.Error("spool: damaged records skipped in a segment", "segment", segID, "octets", damaged)
+	})
+	if err != nil {
+		return err
+	}
+	for _, id := range segIDs {
+		seg := &segment{id: id, path: segPath(s.o.Dir, id)}
+		for mid, sm := range segMsgs {
+			if sm.segID != id || hasMsg[mid] {
+				continue
+			}
+			m, err := s.loaded(mid, sm.rec.env)
+			if err != nil {
+				return err
+			}
+			hasMsg[mid] = true
+			if m != nil {
+				m.seg, m.off = seg, int64(sm.rec.off)
+				seg.live++
+				msgs = append(msgs, m)
+			}
+		}
+		if seg.live == 0 {
+			if err := cmp.Or(os.Remove(donePath(s.o.Dir, id)), os.Remove(seg.path)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return err
 			}
 			continue
 		}
-		msgs = append(msgs, m)
+		if seg.f, err = os.OpenFile(seg.path, os.O_RDWR, 0); err != nil {
+			return err
+		}
+		if seg.done, err = os.OpenFile(donePath(s.o.Dir, id), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err != nil {
+			seg.f.Close()
+			return err
+		}
+		s.segs[id] = seg
+		if s.w.lastID < parseSegID(id) {
+			s.w.lastID = parseSegID(id)
+		}
 	}
-	for _, e := range ents {
-		if id, ok := strings.CutSuffix(e.Name(), stateSuffix); ok && !hasMsg[id] {
-			os.Remove(filepath.Join(s.o.Dir, e.Name()))
+	for _, name := range names {
+		if id, ok := strings.CutSuffix(name, stateSuffix); ok && !hasMsg[id] {
+			os.Remove(filepath.Join(s.o.Dir, name))
+		}
+		if strings.HasPrefix(name, segPrefix) && strings.HasSuffix(name, doneSuffix) {
+			if id := name[len(segPrefix) : len(name)-len(doneSuffix)]; s.segs[id] == nil {
+				os.Remove(filepath.Join(s.o.Dir, name))
+			}
 		}
 	}
 	if err := s.dir.Sync(); err != nil {
@@ -292,14 +354,37 @@ func (s *Spool) recover() error {
 		s.schedule(m, now)
 	}
 	if len(msgs) > 0 {
-		s.log.Info("spool: recovered", "messages", len(msgs))
+		s.log.Info("spool: recovered", "messages", len(msgs), "segments", len(s.segs))
 	}
 	return nil
 }
 
+// loaded returns the message of a recovered envelope with its state, or nil when every
+// recipient is done (the crash came before its removal; its files are removed then).
+func (s *Spool) loaded(id string, env envelope) (*message, error) {
+	st, err := readState(s.o.Dir, id)
+	if err != nil {
+		// The state is written atomically, so this is damage too; starting over
+		// can only repeat deliveries, never lose one.
+		s.log.Error("spool: damaged state file ignored", "id", id, "err", err)
+		st = state{}
+	}
+	m := &message{id: id, from: string(env.From), to: env.To, received: env.Received, size: env.Size, crc: env.CRC, st: st, index: -1, stateOnDisk: true}
+	if len(m.pending()) == 0 {
+		return nil, removeFiles(s.o.Dir, id)
+	}
+	return m, nil
+}
+
+func parseSegID(id string) uint64 {
+	n, _ := strconv.ParseUint(id, 16, 64)
+	return n
+}
+
 // Submit makes the message durable in the spool and queues it for delivery. It returns nil
-// only when the message and its envelope are on disk: written to a temp file, fsynced,
-// renamed, and the directory fsynced. Any error is an *Error (451 4.3.0 for the client).
+// only when the message and its envelope are on disk: appended to the current segment and
+// fdatasynced (with the submissions that came at the same time). Any error is an *Error
+// (451 4.3.0 for the client).
 // data must not be changed afterwards: delivery may use it.
 func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data []byte) error {
 	if err := validID(id); err != nil {
@@ -326,7 +411,7 @@ func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data [
 	s.msgs[id] = m
 	s.mu.Unlock()
 
-	err := s.write(m, data)
+	r, err := s.write(m, data)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -334,6 +419,7 @@ func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data [
 		delete(s.msgs, id)
 		return &Error{ID: id, Err: err}
 	}
+	m.seg, m.off, m.crc = r.seg, r.off, checksum(data)
 	if len(data) <= memMessage && s.cached+len(data) <= memTotal {
 		m.data = data
 		s.cached += len(data)
@@ -343,32 +429,31 @@ func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data [
 	return nil
 }
 
-// write puts the message file on disk durably.
-func (s *Spool) write(m *message, data []byte) error {
-	line, err := encodeEnvelope(envelope{From: rawString(m.from), To: m.to, Received: m.received, Size: len(data), CRC: checksum(data)})
+// write appends the message to the log durably.
+func (s *Spool) write(m *message, data []byte) (*record, error) {
+	hdr, err := encodeRecordHeader(envelope{ID: m.id, From: rawString(m.from), To: m.to, Received: m.received, Size: len(data), CRC: checksum(data)})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	free := s.recycle.take(s.dirSync.Synced)
-	if free != "" {
-		s.recycle.reused.Add(1)
-	} else {
-		s.recycle.created.Add(1)
-	}
-	return writeFileSync(s.dir, m.id+msgSuffix, free, false, s.syncDir, line, data)
+	r := &record{id: m.id, hdr: hdr, data: data}
+	return r, s.appendLog(r)
 }
 
-// removeDelivered removes the files of a message whose every recipient is done. The
-// message file is recycled; the state file, rare, is removed.
-func (s *Spool) removeDelivered(id string, size int, state bool) error {
-	err := s.recycle.release(s.o.Dir, msgPath(s.o.Dir, id), int64(size), s.dirSync.Ticket)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+// removeDelivered removes a message whose every recipient is done: its record is marked
+// done, or its file removed, and then its state file, rare, is removed.
+func (s *Spool) removeDelivered(m *message) error {
+	s.mu.Lock()
+	inSeg := m.seg != nil
+	state := m.stateOnDisk
+	s.mu.Unlock()
+	if !inSeg {
+		return removeFiles(s.o.Dir, m.id)
 	}
+	s.release(m, true)
 	if !state {
 		return nil
 	}
-	err = os.Remove(statePath(s.o.Dir, id))
+	err := os.Remove(statePath(s.o.Dir, m.id))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
@@ -405,8 +490,26 @@ func (s *Spool) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	s.abortFunc()
-	s.log.Info("spool: closed", "files_reused", s.recycle.reused.Load(), "files_created", s.recycle.created.Load())
+	w := &s.w
+	w.mu.Lock()
+	for w.busy {
+		w.cond.Wait()
+	}
+	w.closed = true
+	batches, records := w.batches, w.records
+	w.mu.Unlock()
+	s.closeSegments()
+	s.log.Info("spool: closed", "batches", batches, "records", records)
 	return cmp.Or(s.dir.Close(), s.lock.Close())
+}
+
+// closeSegments closes the files of every segment; their messages stay spooled.
+func (s *Spool) closeSegments() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, g := range s.segs {
+		g.close()
+	}
 }
 
 // lockDir takes DIR/lock: two servers on one spool would deliver every message twice
@@ -434,12 +537,16 @@ type Stats struct {
 	// Counters since Open: recipients delivered, attempts that left recipients for a
 	// retry, recipients bounced (with or without a DSN).
 	Delivered, Deferred, Bounced int64
+	// Batches written to the log and the records in them: Records/Batches is how many
+	// messages share an fdatasync.
+	Batches, Records int64
+	Segments         int // open segment files
 }
 
 // Stats returns the current Stats.
 func (s *Spool) Stats() Stats {
 	s.mu.Lock()
-	st := Stats{Depth: len(s.msgs)}
+	st := Stats{Depth: len(s.msgs), Segments: len(s.segs)}
 	for _, m := range s.msgs {
 		if st.Oldest.IsZero() || m.received.Before(st.Oldest) {
 			st.Oldest = m.received
@@ -450,13 +557,16 @@ func (s *Spool) Stats() Stats {
 	}
 	s.mu.Unlock()
 	st.Delivered, st.Deferred, st.Bounced = s.delivered.Load(), s.deferred.Load(), s.bounced.Load()
+	s.w.mu.Lock()
+	st.Batches, st.Records = s.w.batches, s.w.records
+	s.w.mu.Unlock()
 	return st
 }
 
 // Writable checks that a message could be spooled now (for /readyz): it writes, syncs and
 // removes a small file.
 func (s *Spool) Writable() error {
-	if err := s.dirSync.Err(); err != nil {
+	if err := cmp.Or(s.dirSync.Err(), s.checkDir()); err != nil {
 		return fmt.Errorf("spool %s: %w", s.o.Dir, err)
 	}
 	f, err := os.CreateTemp(s.o.Dir, tmpPrefix+"probe-*")

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"mime/multipart"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -285,41 +287,212 @@ func TestBounceFailureKeepsRecipient(t *testing.T) {
 func TestRecovery(t *testing.T) {
 	e := newEnv(t)
 	// A first process spools a message and dies before delivering it, in the middle of
-	// writing another one, and a third file is damaged.
+	// writing another one, and a message file is damaged.
 	s1 := e.open()
 	require.NoError(t, s1.Submit(context.Background(), "kept", "alice@example.com", []string{"bob@example.net"}, msg("kept")))
 	s1.Close()
 	require.NoError(t, os.WriteFile(filepath.Join(e.dir, tmpPrefix+"123"), []byte(magic+`{"from":"x"`), 0o600))
 	require.NoError(t, os.WriteFile(filepath.Join(e.dir, "damaged.msg"), []byte(magic+`{"from":"x","to":["y"],"size":100}`+"\nshort"), 0o600))
 	require.NoError(t, os.WriteFile(filepath.Join(e.dir, "orphan.state"), []byte(`{}`), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(e.dir, segPrefix+"0000000000000001"+doneSuffix), []byte("x\n"), 0o600))
 
 	s2 := e.open()
-	require.ElementsMatch(t, []string{"kept.msg", "damaged.bad"}, files(t, e.dir))
+	require.Equal(t, []string{"damaged.bad"}, files(t, e.dir))
+	require.Equal(t, 1, s2.Stats().Depth)
 	run(t, s2)
 	waitFor(t, "delivered", func() bool { return s2.Stats().Depth == 0 })
 	require.Equal(t, map[string]int{"bob@example.net": 1}, e.sink.rcpts())
 	require.Equal(t, []string{"damaged.bad"}, files(t, e.dir))
+	segs, _ := segFiles(t, e.dir)
+	require.Len(t, segs, 0, "the recovered segment is retired once its message is delivered; no stray done file")
 }
 
-// A crash before the batch's syncfs can leave a message file of the right size whose
-// blocks were never written: its checksum sets it aside; it was never acknowledged.
-func TestRecoveryChecksum(t *testing.T) {
+// A message file (a message moved out of its segment) whose blocks were never written has
+// the right size and the wrong content: its checksum sets it aside.
+func TestRecoveryMessageFileChecksum(t *testing.T) {
 	e := newEnv(t)
-	s1 := e.open()
-	require.NoError(t, s1.Submit(context.Background(), "torn", "alice@example.com", []string{"bob@example.net"}, msg("torn")))
-	require.NoError(t, s1.Submit(context.Background(), "good", "alice@example.com", []string{"carol@example.org"}, msg("good")))
-	s1.Close()
-	path := filepath.Join(e.dir, "torn.msg")
-	b, err := os.ReadFile(path)
-	require.NoError(t, err)
-	copy(b[len(b)-8:], make([]byte, 8)) // zeroed blocks: same size, other content
-	require.NoError(t, os.WriteFile(path, b, 0o600))
-
-	s2 := e.open()
+	for _, id := range []string{"torn", "good"} {
+		data := msg(id)
+		line, err := encodeEnvelope(envelope{From: "alice@example.com", To: rawStrings{id + "@example.net"}, Received: time.Now(), Size: len(data), CRC: checksum(data)})
+		require.NoError(t, err)
+		if id == "torn" {
+			copy(data[len(data)-8:], make([]byte, 8)) // zeroed blocks: same size, other content
+		}
+		require.NoError(t, os.WriteFile(msgPath(e.dir, id), append(line, data...), 0o600))
+	}
+	s := e.open()
 	require.ElementsMatch(t, []string{"good.msg", "torn.bad"}, files(t, e.dir))
+	run(t, s)
+	waitFor(t, "delivered", func() bool { return s.Stats().Depth == 0 })
+	require.Equal(t, map[string]int{"good@example.net": 1}, e.sink.rcpts())
+}
+
+// After a crash a segment is read to its end: records that were never acknowledged (torn,
+// zeroed), the old content of a recycled file and a damaged record in the middle are
+// skipped; every other record is delivered, except those marked done.
+func TestRecoverySegment(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		damage  func(b []byte, recs []segRecord, segID string) []byte
+		want    []string // recipients delivered after the restart
+		damaged bool     // a "damaged records" error is logged
+	}{
+		{"intact", func(b []byte, _ []segRecord, _ string) []byte { return b }, []string{"r0", "r1", "r2", "r3"}, false},
+		{"torn last record", func(b []byte, recs []segRecord, _ string) []byte { return b[:recs[3].off+10] }, []string{"r0", "r1", "r2"}, false},
+		{"zeroed last record", func(b []byte, recs []segRecord, _ string) []byte {
+			copy(b[recs[3].off:], make([]byte, 20))
+			return b
+		}, []string{"r0", "r1", "r2"}, false},
+		{"header of the last record zeroed", func(b []byte, recs []segRecord, _ string) []byte {
+			copy(b[recs[2].next:], make([]byte, 30))
+			return b
+		}, []string{"r0", "r1", "r2"}, false},
+		{"damaged record in the middle", func(b []byte, recs []segRecord, _ string) []byte {
+			copy(b[recs[1].off+5:], "XXXX")
+			return b
+		}, []string{"r0", "r2", "r3"}, true},
+		{"old records of a recycled file after the end", func(b []byte, recs []segRecord, segID string) []byte {
+			old := slices.Clone(b)
+			start := 0
+			for _, r := range recs {
+				copy(old[start+segIDPos:], "00000000000000aa")
+				start = r.next
+			}
+			return append(b, old...)
+		}, []string{"r0", "r1", "r2", "r3"}, false},
+		{"done records", func(b []byte, _ []segRecord, _ string) []byte { return b }, []string{"r1", "r3"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			var logs strings.Builder
+			e.opts.Log = slog.New(slog.NewTextHandler(&logs, nil))
+			s1 := e.open()
+			for i := range 4 {
+				id := fmt.Sprintf("m%d", i)
+				require.NoError(t, s1.Submit(context.Background(), id, "alice@example.com", []string{fmt.Sprintf("r%d@example.net", i)}, msg(id)))
+			}
+			s1.Close()
+			segs, _ := segFiles(t, e.dir)
+			require.Len(t, segs, 2, "one log and its done file")
+			segID := segIDOf(segs[1])
+			path := segPath(e.dir, segID)
+			b, err := os.ReadFile(path)
+			require.NoError(t, err)
+			recs, damaged := parseSegment(b, segID)
+			require.Len(t, recs, 4)
+			require.Zero(t, damaged)
+			require.NoError(t, os.WriteFile(path, tc.damage(b, recs, segID), 0o600))
+			if tc.name == "done records" {
+				require.NoError(t, os.WriteFile(donePath(e.dir, segID), []byte("m0\nm2\nm"), 0o600))
+			}
+
+			s2 := e.open()
+			require.Equal(t, len(tc.want), s2.Stats().Depth)
+			run(t, s2)
+			waitFor(t, "delivered", func() bool { return s2.Stats().Depth == 0 })
+			want := map[string]int{}
+			for _, r := range tc.want {
+				want[r+"@example.net"] = 1
+			}
+			require.Equal(t, want, e.sink.rcpts())
+			require.Equal(t, tc.damaged, strings.Contains(logs.String(), "damaged records skipped"), logs.String())
+		})
+	}
+}
+
+// Segments rotate at segMax; a segment whose messages are all delivered is retired, kept
+// as a spare and written over by a later segment.
+func TestSegmentsRetireAndRecycle(t *testing.T) {
+	e := newEnv(t)
+	s := e.open()
+	s.segMax = 1 // every batch starts a segment
+	run(t, s)
+	for i := range 10 {
+		id := fmt.Sprintf("m%d", i)
+		require.NoError(t, s.Submit(context.Background(), id, "alice@example.com", []string{id + "@example.net"}, msg(id)))
+	}
+	waitFor(t, "delivered", func() bool { return s.Stats().Depth == 0 })
+	segs, spares := segFiles(t, e.dir)
+	require.Len(t, segs, 2, "only the current segment and its done file are left")
+	require.NotEmpty(t, spares)
+	require.LessOrEqual(t, len(spares), maxSpares)
+	require.Equal(t, 1, s.Stats().Segments)
+	require.Empty(t, files(t, e.dir))
+
+	old := map[uint64]bool{}
+	for _, n := range append(segs, spares...) {
+		if !strings.HasSuffix(n, doneSuffix) {
+			old[inode(t, filepath.Join(e.dir, n))] = true
+		}
+	}
+	require.NoError(t, s.Submit(context.Background(), "x", "alice@example.com", []string{"x@example.net"}, msg("x")))
+	waitFor(t, "delivered", func() bool { return s.Stats().Depth == 0 })
+	segs, _ = segFiles(t, e.dir)
+	require.Len(t, segs, 2)
+	require.True(t, old[inode(t, filepath.Join(e.dir, segs[1]))], "the new segment is a retired one written over, not a new file")
+	require.Equal(t, 11, len(e.sink.deliveries()))
+}
+
+// A message that waits for a retry moves out of its segment into a file of its own, so the
+// segment can be retired; the state and the message survive a restart.
+func TestDeferredMovesOut(t *testing.T) {
+	e := newEnv(t)
+	e.opts.RetryMin, e.opts.RetryMax = time.Hour, time.Hour
+	e.sink.setRcpt(func(to string) error {
+		if to == "later@example.net" {
+			return reply(451, [3]int{4, 3, 0}, "later")
+		}
+		return nil
+	})
+	s := e.open()
+	s.segMax = 1
+	stop := run(t, s)
+	require.NoError(t, s.Submit(context.Background(), "wait", "alice@example.com", []string{"now@example.net", "later@example.net"}, msg("wait")))
+	waitFor(t, "deferred", func() bool { return s.Stats().Deferred == 1 })
+	waitFor(t, "moved out", func() bool { return slices.Equal([]string{"wait.msg", "wait.state"}, files(t, e.dir)) })
+	require.NoError(t, s.Submit(context.Background(), "next", "alice@example.com", []string{"now@example.net"}, msg("next")))
+	waitFor(t, "delivered", func() bool { return s.Stats().Depth == 1 })
+	require.Equal(t, 1, s.Stats().Segments, "the first segment was retired")
+	stop()
+	s.Close()
+
+	e.sink.setRcpt(nil)
+	s2 := e.open()
+	require.NoError(t, Retry(e.dir, "wait"))
 	run(t, s2)
 	waitFor(t, "delivered", func() bool { return s2.Stats().Depth == 0 })
-	require.Equal(t, map[string]int{"carol@example.org": 1}, e.sink.rcpts())
+	require.Equal(t, map[string]int{"now@example.net": 2, "later@example.net": 1}, e.sink.rcpts())
+	require.Empty(t, files(t, e.dir))
+}
+
+// The admin commands see, show and delete a message that is still in its segment, from
+// another process (here: without the server running).
+func TestAdminSegment(t *testing.T) {
+	e := newEnv(t)
+	s := e.open()
+	require.NoError(t, s.Submit(context.Background(), "s1", "alice@example.com", []string{"a@example.net"}, msg("s1")))
+	require.NoError(t, s.Submit(context.Background(), "s2", "", []string{"b@example.net"}, msg("s2")))
+	l, err := List(e.dir)
+	require.NoError(t, err)
+	require.Len(t, l, 2)
+	require.Equal(t, "s1", l[0].ID)
+	require.Equal(t, []string{"a@example.net"}, l[0].To)
+	require.Equal(t, len(msg("s1")), l[0].Size)
+	_, data, err := Show(e.dir, "s2")
+	require.NoError(t, err)
+	require.Equal(t, msg("s2"), data)
+	require.NoError(t, Delete(e.dir, "s2"))
+	require.ErrorIs(t, Delete(e.dir, "s2"), ErrNotFound)
+	l, err = List(e.dir)
+	require.NoError(t, err)
+	require.Len(t, l, 1)
+	s.Close()
+
+	s2 := e.open()
+	require.Equal(t, 1, s2.Stats().Depth)
+	run(t, s2)
+	waitFor(t, "delivered", func() bool { return s2.Stats().Depth == 0 })
+	require.Equal(t, map[string]int{"a@example.net": 1}, e.sink.rcpts())
 }
 
 func TestCrashThenRestart(t *testing.T) {
