@@ -23,8 +23,17 @@ import (
 // hold. While armed, a cleared deadline becomes now+timeout and no deadline may pass the
 // context's; when the context ends first, the deadline is moved to the past, which fails
 // the blocked read or write at once.
+//
+// It also holds back writes until the next read (or until maxPending octets wait): SMTP
+// reads a reply after every command, so nothing waits longer than it would have, and a
+// message body, which go-smtp writes in 4 KiB pieces, leaves in one write with its final
+// dot. Each write to a socket costs a system call and, on loopback, the receiver's TCP
+// processing too.
 type deadlineConn struct {
 	net.Conn
+
+	pending []byte // written by the client, not yet sent
+	werr    error  // a failed send, reported by the next Read or Write
 
 	mu      sync.Mutex
 	armed   bool
@@ -61,6 +70,52 @@ func (c *deadlineConn) arm(ctx context.Context, timeout time.Duration) (disarm f
 		c.Conn.SetDeadline(time.Time{})
 		return stopped && !c.expired
 	}
+}
+
+// maxPending bounds the octets held back by deadlineConn.
+const maxPending = 64 << 10
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	if c.werr != nil {
+		return 0, c.werr
+	}
+	c.pending = append(c.pending, p...)
+	if len(c.pending) >= maxPending {
+		if err := c.flush(); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+func (c *deadlineConn) Read(p []byte) (int, error) {
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *deadlineConn) Close() error {
+	c.flush()
+	return c.Conn.Close()
+}
+
+// flush sends what Write held back.
+func (c *deadlineConn) flush() error {
+	if c.werr != nil {
+		return c.werr
+	}
+	if len(c.pending) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.pending)
+	if cap(c.pending) > maxPending {
+		c.pending = nil // a large body's buffer is not kept for the life of the connection
+	} else {
+		c.pending = c.pending[:0]
+	}
+	c.werr = err
+	return err
 }
 
 // bound returns the deadline to apply in place of t.

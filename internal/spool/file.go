@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -155,14 +156,73 @@ func statePath(dir, id string) string { return filepath.Join(dir, id+stateSuffix
 
 // encodeEnvelope returns the first line of a message file.
 func encodeEnvelope(env envelope) ([]byte, error) {
-	j, err := json.Marshal(env) // JSON escapes CR and LF, so the line stays one line
+	line := make([]byte, 0, 256)
+	line = append(line, magic...)
+	line, err := appendEnvelopeJSON(line, env) // JSON escapes CR and LF: the line stays one line
 	if err != nil {
 		return nil, err
 	}
-	line := make([]byte, 0, len(magic)+len(j)+1)
-	line = append(line, magic...)
-	line = append(line, j...)
 	return append(line, '\n'), nil
+}
+
+// appendEnvelopeJSON appends env as encoding/json marshals it. Every submission encodes
+// one, and json.Marshal, with its reflection and a marshaler per address, cost more than
+// the rest of the spool's own work together; the common envelope (plain ASCII addresses)
+// is written directly, byte for byte what json.Marshal writes (FuzzEnvelopeJSON checks).
+func appendEnvelopeJSON(b []byte, env envelope) ([]byte, error) {
+	start := len(b)
+	ok := env.Received.Year() >= 0 && env.Received.Year() <= 9999
+	field := func(name string, v string) {
+		if ok {
+			b = append(b, `"`+name+`":`...)
+			b, ok = appendPlainJSON(b, v)
+			b = append(b, ',')
+		}
+	}
+	b = append(b, '{')
+	if env.Seg != "" {
+		field("seg", env.Seg)
+	}
+	if env.ID != "" {
+		field("id", env.ID)
+	}
+	field("from", string(env.From))
+	b = append(b, `"to":[`...)
+	for i, r := range env.To {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		if ok {
+			b, ok = appendPlainJSON(b, r)
+		}
+	}
+	b = append(b, ']')
+	if !ok {
+		j, err := json.Marshal(env)
+		return append(b[:start], j...), err
+	}
+	b = append(b, `,"received":"`...)
+	b = env.Received.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","size":`...)
+	b = strconv.AppendInt(b, int64(env.Size), 10)
+	if env.CRC != 0 {
+		b = append(b, `,"crc":`...)
+		b = strconv.AppendUint(b, uint64(env.CRC), 10)
+	}
+	return append(b, '}'), nil
+}
+
+// appendPlainJSON appends s quoted when JSON needs no escape for it (printable ASCII but
+// for the characters encoding/json escapes); ok is false otherwise.
+func appendPlainJSON(b []byte, s string) (_ []byte, ok bool) {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return b, false
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"'), true
 }
 
 // parseEnvelope parses the first line of a message file, without its line end.

@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -94,4 +95,30 @@ func TestReadEnvelope(t *testing.T) {
 			require.ErrorContains(t, err2, tc.wantErr)
 		})
 	}
+}
+
+// FuzzEnvelopeJSON: the direct encoding of an envelope is byte for byte what json.Marshal
+// writes, whatever the addresses, times and sizes.
+func FuzzEnvelopeJSON(f *testing.F) {
+	f.Add("seg", "id1", "alice@example.com", "bob@example.net\ncarol@example.org", int64(1700000000), int64(5), 10, uint32(7))
+	f.Add("", "", "", "", int64(0), int64(0), 0, uint32(0))
+	f.Add("", "x", "a<b>&\"c\\", "ü@ö.de\n\x00", int64(-70000000000), int64(999999999), -1, uint32(1))
+	f.Add("", "x", "a", "b", int64(253402300800), int64(1), 1, uint32(1)) // year 10000
+	f.Fuzz(func(t *testing.T, seg, id, from, to string, sec, nsec int64, size int, crc uint32) {
+		var rcpts rawStrings
+		if to != "" {
+			rcpts = strings.Split(to, "\n")
+		}
+		for _, loc := range []*time.Location{time.UTC, time.FixedZone("x", 3600+30)} {
+			env := envelope{Seg: seg, ID: id, From: rawString(from), To: rcpts, Received: time.Unix(sec, nsec).In(loc), Size: size, CRC: crc}
+			want, werr := json.Marshal(env)
+			got, gerr := appendEnvelopeJSON([]byte("prefix"), env)
+			if werr != nil {
+				require.Error(t, gerr)
+				continue
+			}
+			require.NoError(t, gerr)
+			require.Equal(t, "prefix"+string(want), string(got))
+		}
+	})
 }

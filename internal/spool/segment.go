@@ -129,13 +129,39 @@ type logWriter struct {
 	closed bool
 	// batches and records count for Stats: records/batches is the group-commit factor.
 	batches, records int64
+	// lastArrival and gap (a moving average of the time between submissions) size the
+	// commit delay.
+	lastArrival time.Time
+	gap         time.Duration
+	delayMax    time.Duration // maxCommitDelay; 0 in some tests
+}
+
+// maxCommitDelay bounds how long a leader waits for more records before it writes (the
+// commit_delay of databases). An fdatasync costs about as much CPU for five records as
+// for one, and under load submissions come every few hundred microseconds, so waiting
+// about two of those gaps before syncing saves CPU for a millisecond or two of latency.
+// When submissions are rarer than this, nobody waits.
+const maxCommitDelay = 2 * time.Millisecond
+
+// delay is how long the leader waits for more records. w.mu is held.
+func (w *logWriter) delay() time.Duration {
+	if w.gap <= 0 || w.gap >= w.delayMax {
+		return 0
+	}
+	return min(w.delayMax, 2*w.gap)
 }
 
 // appendLog makes r durable in the current segment.
 func (s *Spool) appendLog(r *record) error {
 	w := &s.w
+	now := time.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if !w.lastArrival.IsZero() {
+		g := min(now.Sub(w.lastArrival), time.Second)
+		w.gap += (g - w.gap) / 8
+	}
+	w.lastArrival = now
 	w.queue = append(w.queue, r)
 	for !r.done {
 		if w.busy {
@@ -150,6 +176,11 @@ func (s *Spool) appendLog(r *record) error {
 			break
 		}
 		w.busy = true
+		if d := w.delay(); d > 0 && len(w.queue) < maxBatch {
+			w.mu.Unlock()
+			time.Sleep(d)
+			w.mu.Lock()
+		}
 		n := min(len(w.queue), maxBatch)
 		batch := slices.Clone(w.queue[:n])
 		w.queue = slices.Delete(w.queue, 0, n)
@@ -379,13 +410,12 @@ const noSeg = "0000000000000000"
 // encodeRecordHeader returns the header line of a record, for no segment yet.
 func encodeRecordHeader(env envelope) ([]byte, error) {
 	env.Seg = noSeg
-	j, err := json.Marshal(env)
+	line := make([]byte, 0, 256)
+	line = append(line, segMagic...)
+	line, err := appendEnvelopeJSON(line, env)
 	if err != nil {
 		return nil, err
 	}
-	line := make([]byte, 0, len(segMagic)+len(j)+1)
-	line = append(line, segMagic...)
-	line = append(line, j...)
 	return append(line, '\n'), nil
 }
 
