@@ -1,7 +1,9 @@
 package deliver
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"net"
 	"os"
 	"testing"
@@ -58,4 +60,87 @@ func TestDeadlineConnBound(t *testing.T) {
 
 	c.armed = false
 	require.True(t, c.bound(time.Time{}).IsZero(), "idle in the pool: no deadline")
+}
+
+// countConn counts the writes that reach the socket.
+type countConn struct {
+	net.Conn
+	writes int
+}
+
+func (c *countConn) Write(p []byte) (int, error) {
+	c.writes++
+	return c.Conn.Write(p)
+}
+
+// Writes wait for the next read: a command and a body written in pieces leave in one write,
+// before the read that waits for the reply; a large body leaves in maxPending pieces.
+func TestDeadlineConnHoldsWritesUntilRead(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		s, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		var all []byte
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := s.Read(buf)
+			all = append(all, buf[:n]...)
+			if bytes.HasSuffix(all, []byte(".\r\n")) {
+				s.Write([]byte("250 ok\r\n"))
+				got <- all
+				all = nil
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	tc, err := net.Dial("tcp", l.Addr().String())
+	require.NoError(t, err)
+	cc := &countConn{Conn: tc}
+	c := &deadlineConn{Conn: cc}
+	defer c.Close()
+
+	for _, p := range []string{"Subject: x\r\n", "\r\n", "body\r\n", ".\r\n"} {
+		_, err := c.Write([]byte(p))
+		require.NoError(t, err)
+	}
+	require.Zero(t, cc.writes, "nothing is sent before a read")
+	reply := make([]byte, 8)
+	_, err = io.ReadFull(c, reply)
+	require.NoError(t, err)
+	require.Equal(t, "250 ok\r\n", string(reply))
+	require.Equal(t, 1, cc.writes)
+	require.Equal(t, "Subject: x\r\n\r\nbody\r\n.\r\n", string(<-got))
+
+	big := bytes.Repeat([]byte("x"), 4096)
+	for range 40 { // 160 KiB in 4 KiB pieces, as go-smtp's bufio.Writer sends a body
+		_, err := c.Write(big)
+		require.NoError(t, err)
+	}
+	_, err = c.Write([]byte("\r\n.\r\n"))
+	require.NoError(t, err)
+	_, err = io.ReadFull(c, reply)
+	require.NoError(t, err)
+	require.Equal(t, 1+3, cc.writes, "two full 64 KiB buffers, then the rest with the read")
+	require.Len(t, <-got, 40*4096+5)
+}
+
+// A failed send surfaces at the next read (or write), and stays.
+func TestDeadlineConnWriteErrorAtRead(t *testing.T) {
+	a, b := net.Pipe()
+	b.Close()
+	c := &deadlineConn{Conn: a}
+	_, err := c.Write([]byte("MAIL FROM:<a@b>\r\n"))
+	require.NoError(t, err)
+	_, err = c.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.ErrClosedPipe)
+	_, err = c.Write([]byte("x"))
+	require.ErrorIs(t, err, io.ErrClosedPipe)
 }

@@ -11,8 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-
-	"github.com/emersion/go-msgauth/dkim"
+	"time"
 
 	"relay/internal/config"
 	"relay/internal/dkimkey"
@@ -25,6 +24,7 @@ type Signer struct {
 	def     []key            // the [dkim] key (one), used as d= any domain without keys of its own
 	domains map[string][]key // [[dkim.keys]] by normalised domain, Ed25519 first
 	headers headerSet
+	now     func() time.Time // nil: time.Now; fixed in tests
 }
 
 type key struct {
@@ -173,73 +173,21 @@ func (s *Signer) Sign(domain string, msg []byte) ([]byte, error) {
 	ks := s.keys(d)
 
 	hkeys, complete := s.headers.keys(msg)
-
-	var buf [4]*dkim.Signer // two keys per domain is the common maximum
-	sigs := buf[:0]
-	for _, k := range ks {
-		sg, err := dkim.NewSigner(&dkim.SignOptions{
-			Domain:                 d,
-			Selector:               k.selector,
-			Signer:                 k.signer,
-			Hash:                   crypto.SHA256,
-			HeaderCanonicalization: dkim.CanonicalizationRelaxed,
-			BodyCanonicalization:   dkim.CanonicalizationRelaxed,
-			HeaderKeys:             hkeys,
-		})
-		if err != nil {
-			closeAll(sigs)
-			return nil, signError(d, k, err)
-		}
-		sigs = append(sigs, sg)
+	if !complete {
+		// A header-only message lacks the empty line that ends the header. The hashes are
+		// those of the message with it: the relaxed body hash of no body and of a lone CRLF
+		// are the same, and the header lines are unchanged.
+		msg = append(msg[:len(msg):len(msg)], terminator(msg)...)
 	}
-
-	// One pass over msg: each Write hands the whole message to every signer in turn, as
-	// io.MultiWriter would, without allocating one.
-	for i, sg := range sigs {
-		_, err := sg.Write(msg)
-		if err == nil && !complete {
-			// go-msgauth needs the empty line that ends the header, which a header-only
-			// message lacks. Feed it to the hashes only: the relaxed body hash of no body
-			// and of a lone CRLF are the same, and the header lines are unchanged.
-			_, err = sg.Write(terminator(msg))
-		}
-		if err != nil {
-			closeAll(sigs)
-			return nil, signError(d, ks[i], err)
-		}
+	now := time.Now()
+	if s.now != nil {
+		now = s.now()
 	}
-	for i, sg := range sigs {
-		if err := sg.Close(); err != nil {
-			closeAll(sigs[i+1:])
-			return nil, signError(d, ks[i], err)
-		}
-	}
-
-	n := 0
-	var fb [4]string
-	fields := fb[:0]
-	for _, sg := range sigs {
-		f := sg.Signature()
-		fields = append(fields, f)
-		n += len(f)
-	}
-	out := make([]byte, 0, n)
-	for _, f := range fields {
-		out = append(out, f...)
-	}
-	return out, nil
+	return dkimSign(d, ks, msg, hkeys, now)
 }
 
 func signError(d string, k key, err error) error {
 	return fmt.Errorf("dkim sign d=%s s=%s: %w", d, k.selector, err)
-}
-
-// closeAll ends the goroutines of signers that will not be used; their errors are
-// consequences of the one being returned.
-func closeAll(sigs []*dkim.Signer) {
-	for _, sg := range sigs {
-		sg.Close()
-	}
 }
 
 // terminator is what ends a header that has no empty line: the end of its last line (when

@@ -133,6 +133,7 @@ type logWriter struct {
 	// commit delay.
 	lastArrival time.Time
 	gap         time.Duration
+	lastBatch   int           // records in the last batch
 	delayMax    time.Duration // maxCommitDelay; 0 in some tests
 }
 
@@ -140,12 +141,13 @@ type logWriter struct {
 // commit_delay of databases). An fdatasync costs about as much CPU for five records as
 // for one, and under load submissions come every few hundred microseconds, so waiting
 // about two of those gaps before syncing saves CPU for a millisecond or two of latency.
-// When submissions are rarer than this, nobody waits.
+// Nobody waits when submissions are rarer than this, or when they come one at a time (a
+// single client sending in a loop: its next message waits for this one's reply).
 const maxCommitDelay = 2 * time.Millisecond
 
 // delay is how long the leader waits for more records. w.mu is held.
 func (w *logWriter) delay() time.Duration {
-	if w.gap <= 0 || w.gap >= w.delayMax {
+	if w.gap <= 0 || w.gap >= w.delayMax || (w.lastBatch <= 1 && len(w.queue) <= 1) {
 		return 0
 	}
 	return min(w.delayMax, 2*w.gap)
@@ -188,6 +190,7 @@ func (s *Spool) appendLog(r *record) error {
 		err := s.writeBatch(batch)
 		w.mu.Lock()
 		w.busy = false
+		w.lastBatch = len(batch)
 		w.batches++
 		w.records += int64(len(batch))
 		for _, q := range batch {
@@ -461,7 +464,13 @@ func parseRecord(b []byte, segID string) (segRecord, error) {
 // parseSegment returns the valid records of the segment content b. damaged counts the
 // octets skipped between valid records: damage, which a crash does not cause (the torn
 // or stale end of a segment is after its last valid record and is not counted).
+//
+// Resynchronising looks for the start of a header of this segment, not for any header: the
+// old content of a recycled segment, and message bodies, may hold any number of other
+// headers (a body may quote spool records on purpose), and each would cost a look for its
+// line end.
 func parseSegment(b []byte, segID string) (recs []segRecord, damaged int) {
+	start := []byte(segMagic + `{"seg":"` + segID + `"`)
 	pos, gap := 0, 0
 	for pos < len(b) {
 		r, err := parseRecord(b[pos:], segID)
@@ -474,7 +483,7 @@ func parseSegment(b []byte, segID string) (recs []segRecord, damaged int) {
 			pos = r.next
 			continue
 		}
-		i := bytes.Index(b[pos+1:], []byte(segMagic))
+		i := bytes.Index(b[pos+1:], start)
 		if i < 0 {
 			break
 		}

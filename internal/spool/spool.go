@@ -412,7 +412,8 @@ func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data [
 	s.msgs[id] = m
 	s.mu.Unlock()
 
-	r, err := s.write(m, data)
+	crc := checksum(data)
+	r, err := s.write(m, data, crc)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -420,7 +421,7 @@ func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data [
 		delete(s.msgs, id)
 		return &Error{ID: id, Err: err}
 	}
-	m.seg, m.off, m.crc = r.seg, r.off, checksum(data)
+	m.seg, m.off, m.crc = r.seg, r.off, crc
 	if len(data) <= memMessage && s.cached+len(data) <= memTotal {
 		m.data = data
 		s.cached += len(data)
@@ -431,8 +432,8 @@ func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data [
 }
 
 // write appends the message to the log durably.
-func (s *Spool) write(m *message, data []byte) (*record, error) {
-	hdr, err := encodeRecordHeader(envelope{ID: m.id, From: rawString(m.from), To: m.to, Received: m.received, Size: len(data), CRC: checksum(data)})
+func (s *Spool) write(m *message, data []byte, crc uint32) (*record, error) {
+	hdr, err := encodeRecordHeader(envelope{ID: m.id, From: rawString(m.from), To: m.to, Received: m.received, Size: len(data), CRC: crc})
 	if err != nil {
 		return nil, err
 	}
