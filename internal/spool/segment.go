@@ -135,6 +135,7 @@ type logWriter struct {
 	gap         time.Duration
 	lastBatch   int           // records in the last batch
 	delayMax    time.Duration // maxCommitDelay; 0 in some tests
+	maxRecords  int           // maxBatch; 1 in a benchmark
 }
 
 // maxCommitDelay bounds how long a leader waits for more records before it writes (the
@@ -183,7 +184,7 @@ func (s *Spool) appendLog(r *record) error {
 			time.Sleep(d)
 			w.mu.Lock()
 		}
-		n := min(len(w.queue), maxBatch)
+		n := min(len(w.queue), w.maxRecords)
 		batch := slices.Clone(w.queue[:n])
 		w.queue = slices.Delete(w.queue, 0, n)
 		w.mu.Unlock()

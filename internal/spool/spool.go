@@ -229,7 +229,7 @@ func Open(o Options) (*Spool, error) {
 		kick: make(chan struct{}, 1),
 	}
 	s.w.cond.L = &s.w.mu
-	s.w.delayMax = maxCommitDelay
+	s.w.delayMax, s.w.maxRecords = maxCommitDelay, maxBatch
 	s.syncDir = s.dirSync.Sync
 	s.abort, s.abortFunc = context.WithCancel(context.Background())
 	if err := s.recover(); err != nil {
