@@ -129,7 +129,14 @@ func Show(dir, id string) (Entry, []byte, error) {
 		case !ok:
 			return Entry{}, nil, fmt.Errorf("%s: %w", id, ErrNotFound)
 		}
-		env, data, err = sm.rec.env, sm.rec.data, nil
+		env = sm.rec.env
+		data, err = readRecordData(dir, sm)
+		if errors.Is(err, os.ErrNotExist) {
+			return Entry{}, nil, fmt.Errorf("%s: %w", id, ErrNotFound) // delivered meanwhile
+		}
+		if err != nil {
+			return Entry{}, nil, err
+		}
 	}
 	if err != nil {
 		return Entry{}, nil, err

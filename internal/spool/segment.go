@@ -519,8 +519,9 @@ type segMessage struct {
 	rec   segRecord
 }
 
-// scanSegments reads every segment in dir: the messages that are not done, by id, and the
-// segment ids in order. The admin commands and Open use it.
+// scanSegments reads every segment in dir, one at a time: the messages that are not done,
+// by id (their records without data: readRecordData reads it), and the segment ids in
+// order. The admin commands and Open use it.
 func scanSegments(dir string, names []string, log func(segID string, damaged int)) (map[string]segMessage, []string, error) {
 	var ids []string
 	for _, n := range names {
@@ -548,11 +549,30 @@ func scanSegments(dir string, names []string, log func(segID string, damaged int
 		}
 		for _, r := range recs {
 			if !done[r.env.ID] {
+				r.data = nil // the segment's bytes are not kept: a backlog can be large
 				msgs[r.env.ID] = segMessage{segID: id, rec: r}
 			}
 		}
 	}
 	return msgs, ids, nil
+}
+
+// readRecordData reads the message of a record found by scanSegments, from another
+// process than the server (`relay queue show`).
+func readRecordData(dir string, sm segMessage) ([]byte, error) {
+	f, err := os.Open(segPath(dir, sm.segID))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, sm.rec.env.Size)
+	if _, err := f.ReadAt(b, int64(sm.rec.off)); err != nil {
+		return nil, fmt.Errorf("segment %s: %w", sm.segID, err)
+	}
+	if checksum(b) != sm.rec.env.CRC {
+		return nil, fmt.Errorf("segment %s at %d: checksum mismatch", sm.segID, sm.rec.off)
+	}
+	return b, nil
 }
 
 // pwritev writes bufs at off, all of them.
