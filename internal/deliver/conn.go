@@ -24,16 +24,16 @@ import (
 // context's; when the context ends first, the deadline is moved to the past, which fails
 // the blocked read or write at once.
 //
-// It also holds back writes until the next read (or until maxPending octets wait): SMTP
-// reads a reply after every command, so nothing waits longer than it would have, and a
-// message body, which go-smtp writes in 4 KiB pieces, leaves in one write with its final
-// dot. Each write to a socket costs a system call and, on loopback, the receiver's TCP
-// processing too.
+// Between hold and release it also holds back writes (up to maxPending octets): a message
+// body, which go-smtp writes in 4 KiB pieces, then leaves in one write. Each write to a
+// socket costs a system call and, on loopback, the receiver's TCP processing too. Nothing is
+// held outside a hold, so no reply is ever awaited for bytes not sent.
 type deadlineConn struct {
 	net.Conn
 
-	pending []byte // written by the client, not yet sent
-	werr    error  // a failed send, reported by the next Read or Write
+	wmu     sync.Mutex
+	holding bool
+	pending []byte // written during a hold, not yet sent
 
 	mu      sync.Mutex
 	armed   bool
@@ -76,35 +76,37 @@ func (c *deadlineConn) arm(ctx context.Context, timeout time.Duration) (disarm f
 const maxPending = 64 << 10
 
 func (c *deadlineConn) Write(p []byte) (int, error) {
-	if c.werr != nil {
-		return 0, c.werr
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if !c.holding {
+		return c.Conn.Write(p)
 	}
 	c.pending = append(c.pending, p...)
 	if len(c.pending) >= maxPending {
-		if err := c.flush(); err != nil {
+		if err := c.flushLocked(); err != nil {
 			return 0, err
 		}
 	}
 	return len(p), nil
 }
 
-func (c *deadlineConn) Read(p []byte) (int, error) {
-	if err := c.flush(); err != nil {
-		return 0, err
-	}
-	return c.Conn.Read(p)
+// hold starts holding writes back.
+func (c *deadlineConn) hold() {
+	c.wmu.Lock()
+	c.holding = true
+	c.wmu.Unlock()
 }
 
-func (c *deadlineConn) Close() error {
-	c.flush()
-	return c.Conn.Close()
+// release ends a hold and sends what it held.
+func (c *deadlineConn) release() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.holding = false
+	return c.flushLocked()
 }
 
-// flush sends what Write held back.
-func (c *deadlineConn) flush() error {
-	if c.werr != nil {
-		return c.werr
-	}
+// flushLocked sends what Write held back. c.wmu is held.
+func (c *deadlineConn) flushLocked() error {
 	if len(c.pending) == 0 {
 		return nil
 	}
@@ -114,7 +116,6 @@ func (c *deadlineConn) flush() error {
 	} else {
 		c.pending = c.pending[:0]
 	}
-	c.werr = err
 	return err
 }
 

@@ -73,9 +73,9 @@ func (c *countConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// Writes wait for the next read: a command and a body written in pieces leave in one write,
-// before the read that waits for the reply; a large body leaves in maxPending pieces.
-func TestDeadlineConnHoldsWritesUntilRead(t *testing.T) {
+// Between hold and release writes are held back: a body written in pieces leaves in one
+// write at release, a large one in maxPending pieces; outside a hold every write goes at once.
+func TestDeadlineConnHold(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer l.Close()
@@ -107,40 +107,49 @@ func TestDeadlineConnHoldsWritesUntilRead(t *testing.T) {
 	c := &deadlineConn{Conn: cc}
 	defer c.Close()
 
-	for _, p := range []string{"Subject: x\r\n", "\r\n", "body\r\n", ".\r\n"} {
+	_, err = c.Write([]byte("DATA\r\n"))
+	require.NoError(t, err)
+	require.Equal(t, 1, cc.writes, "a command goes at once")
+	c.hold()
+	for _, p := range []string{"Subject: x\r\n", "\r\n", "body\r\n"} {
 		_, err := c.Write([]byte(p))
 		require.NoError(t, err)
 	}
-	require.Zero(t, cc.writes, "nothing is sent before a read")
+	require.Equal(t, 1, cc.writes, "the body waits for release")
+	require.NoError(t, c.release())
+	require.Equal(t, 2, cc.writes)
+	_, err = c.Write([]byte(".\r\n"))
+	require.NoError(t, err)
+	require.Equal(t, 3, cc.writes)
 	reply := make([]byte, 8)
 	_, err = io.ReadFull(c, reply)
 	require.NoError(t, err)
 	require.Equal(t, "250 ok\r\n", string(reply))
-	require.Equal(t, 1, cc.writes)
-	require.Equal(t, "Subject: x\r\n\r\nbody\r\n.\r\n", string(<-got))
+	require.Equal(t, "DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n", string(<-got))
 
 	big := bytes.Repeat([]byte("x"), 4096)
+	c.hold()
 	for range 40 { // 160 KiB in 4 KiB pieces, as go-smtp's bufio.Writer sends a body
 		_, err := c.Write(big)
 		require.NoError(t, err)
 	}
+	require.Equal(t, 3+2, cc.writes, "two full 64 KiB buffers went during the hold")
+	require.NoError(t, c.release())
 	_, err = c.Write([]byte("\r\n.\r\n"))
 	require.NoError(t, err)
 	_, err = io.ReadFull(c, reply)
 	require.NoError(t, err)
-	require.Equal(t, 1+3, cc.writes, "two full 64 KiB buffers, then the rest with the read")
+	require.Equal(t, 3+2+2, cc.writes)
 	require.Len(t, <-got, 40*4096+5)
 }
 
-// A failed send surfaces at the next read (or write), and stays.
-func TestDeadlineConnWriteErrorAtRead(t *testing.T) {
+// A failed send of held bytes is reported by release.
+func TestDeadlineConnReleaseError(t *testing.T) {
 	a, b := net.Pipe()
 	b.Close()
 	c := &deadlineConn{Conn: a}
-	_, err := c.Write([]byte("MAIL FROM:<a@b>\r\n"))
+	c.hold()
+	_, err := c.Write([]byte("body\r\n"))
 	require.NoError(t, err)
-	_, err = c.Read(make([]byte, 1))
-	require.ErrorIs(t, err, io.ErrClosedPipe)
-	_, err = c.Write([]byte("x"))
-	require.ErrorIs(t, err, io.ErrClosedPipe)
+	require.ErrorIs(t, c.release(), io.ErrClosedPipe)
 }

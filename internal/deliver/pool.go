@@ -218,7 +218,14 @@ func (p *Pool) transact(ctx context.Context, c *conn, from string, to []string, 
 	if err != nil {
 		return nil, false, p.fail(ctx, c, "DATA", err)
 	}
-	if _, err := w.Write(data); err != nil {
+	// The body but its last piece leaves in one write; CloseWithResponse sends the rest
+	// with the final dot before it reads the reply.
+	c.raw.hold()
+	_, err = w.Write(data)
+	if rerr := c.raw.release(); err == nil {
+		err = rerr
+	}
+	if err != nil {
 		return nil, true, p.fail(ctx, c, "DATA", err)
 	}
 	if _, err := w.CloseWithResponse(); err != nil {

@@ -1,7 +1,6 @@
 package spool
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -371,26 +370,35 @@ func (s *Spool) unlinkLocked(seg *segment) bool {
 // crash before the directory is synced can bring the segment back; its done file says
 // what was done, and the rest is delivered again.
 func (s *Spool) retire(seg *segment) {
+	var size int64
+	if fi, err := seg.f.Stat(); err == nil {
+		size = fi.Size()
+	}
 	seg.close()
 	s.mu.Lock()
 	delete(s.segs, seg.id)
-	keep := len(s.spares) < maxSpares && !s.closed
+	// A segment that a batch of large messages made much longer than usual is not kept:
+	// Open and the admin commands read segments whole.
+	keep := len(s.spares) < maxSpares && !s.closed && size <= 2*defaultSegMax
 	s.mu.Unlock()
-	// The done file goes first: a log left without one at a crash is delivered again
-	// (safe); a done file left without its log is removed by Open.
-	os.Remove(donePath(s.o.Dir, seg.id))
+	// The log goes first: a done file left without its log at a crash is removed by Open,
+	// while a log left without its done file would be delivered again, all of it.
+	moved := false
 	if keep {
 		spare := filepath.Join(s.o.Dir, sparePfx+seg.id)
 		if err := os.Rename(seg.path, spare); err == nil {
+			moved = true
 			s.mu.Lock()
 			s.spares = append(s.spares, spare)
 			s.mu.Unlock()
-			return
 		}
 	}
-	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		s.log.Error("spool: remove segment", "segment", seg.id, "err", err)
+	if !moved {
+		if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			s.log.Error("spool: remove segment", "segment", seg.id, "err", err)
+		}
 	}
+	os.Remove(donePath(s.o.Dir, seg.id))
 }
 
 // readSegData reads the message m from its segment.
@@ -494,23 +502,24 @@ func parseSegment(b []byte, segID string) (recs []segRecord, damaged int) {
 	return recs, damaged
 }
 
-// readDone reads a segment's done file: the ids it lists.
+// readDone reads a segment's done file: the ids it lists. Lines that are not ids (torn by
+// a crash, or zeros where a power failure left blocks unwritten) are skipped: a lost done
+// record repeats a delivery, and refusing to start would stop them all.
 func readDone(dir, segID string) (map[string]bool, error) {
 	done := map[string]bool{}
-	f, err := os.Open(donePath(dir, segID))
+	b, err := os.ReadFile(donePath(dir, segID))
 	if errors.Is(err, os.ErrNotExist) {
 		return done, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// A line torn by a crash is not a valid id, or names no record.
-		done[sc.Text()] = true
+	for line := range bytes.SplitSeq(b, []byte("\n")) {
+		if validID(string(line)) == nil {
+			done[string(line)] = true
+		}
 	}
-	return done, sc.Err()
+	return done, nil
 }
 
 // segMessage is a message of a segment, as read from the directory.

@@ -421,6 +421,19 @@ func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data [
 		delete(s.msgs, id)
 		return &Error{ID: id, Err: err}
 	}
+	if m.deleted {
+		// `relay queue delete` found the record and had it dropped before this returned:
+		// the message is durable, and deleted.
+		s.mu.Unlock()
+		r.seg.markDone(id) // before the count goes down: the segment stays open for it
+		s.mu.Lock()
+		if s.unlinkLocked(r.seg) {
+			s.mu.Unlock()
+			s.retire(r.seg)
+			s.mu.Lock()
+		}
+		return nil
+	}
 	m.seg, m.off, m.crc = r.seg, r.off, crc
 	if len(data) <= memMessage && s.cached+len(data) <= memTotal {
 		m.data = data

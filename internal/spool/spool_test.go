@@ -361,6 +361,7 @@ func TestRecoverySegment(t *testing.T) {
 			return append(b, old...)
 		}, []string{"r0", "r1", "r2", "r3"}, false},
 		{"done records", func(b []byte, _ []segRecord, _ string) []byte { return b }, []string{"r1", "r3"}, false},
+		{"damaged done file", func(b []byte, _ []segRecord, _ string) []byte { return b }, []string{"r1", "r3"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -382,8 +383,13 @@ func TestRecoverySegment(t *testing.T) {
 			require.Len(t, recs, 4)
 			require.Zero(t, damaged)
 			require.NoError(t, os.WriteFile(path, tc.damage(b, recs, segID), 0o600))
-			if tc.name == "done records" {
+			switch tc.name {
+			case "done records":
 				require.NoError(t, os.WriteFile(donePath(e.dir, segID), []byte("m0\nm2\nm"), 0o600))
+			case "damaged done file":
+				// Blocks a power failure left unwritten read as zeros: one long line.
+				done := slices.Concat([]byte("m0\n"), make([]byte, 100<<10), []byte("\nm2\n\x00\x00"))
+				require.NoError(t, os.WriteFile(donePath(e.dir, segID), done, 0o600))
 			}
 
 			s2 := e.open()
