@@ -255,7 +255,7 @@ func (s *Spool) checkDir() error {
 		return &os.PathError{Op: "stat", Path: s.o.Dir, Err: err}
 	}
 	if st.Dev != s.dirDev || st.Ino != s.dirIno {
-		return fmt.Errorf("%s: the spool directory was moved or replaced", s.o.Dir)
+		return fmt.Errorf("%s: not the spool directory the relay started with (moved or replaced; put it back, or restart the relay to use the new one)", s.o.Dir)
 	}
 	if err := unix.Access(s.o.Dir, unix.W_OK|unix.X_OK); err != nil {
 		return &os.PathError{Op: "access", Path: s.o.Dir, Err: err}
