@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"hash"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -162,10 +161,10 @@ func relaxedBodyHash(h hash.Hash, body []byte) {
 // tag is one tag=value of a DKIM-Signature field.
 type tag struct{ k, v string }
 
-// formatSignature writes the field as go-msgauth does: the tags but b= in name order on
-// lines of at most about 75 octets, then b= on lines of its own, 75 octets each.
+// formatSignature writes the field as go-msgauth does: the tags but b= (which the caller
+// lists in name order, as go-msgauth sorts them) on lines of at most about 75 octets, then
+// b= on lines of its own, 75 octets each.
 func formatSignature(tags []tag, b string) string {
-	sort.Slice(tags, func(i, j int) bool { return tags[i].k < tags[j].k })
 	var s strings.Builder
 	s.WriteString("DKIM-Signature:")
 	line := ""
@@ -205,9 +204,9 @@ func dkimSign(domain string, ks []key, msg []byte, hkeys []string, now time.Time
 
 	var out []byte
 	for _, k := range ks {
-		tags := []tag{
-			{"v", "1"}, {"a", k.algo}, {"bh", bodyHash}, {"c", "relaxed/relaxed"},
-			{"d", domain}, {"s", k.selector}, {"t", t}, {"h", h},
+		tags := []tag{ // in name order
+			{"a", k.algo}, {"bh", bodyHash}, {"c", "relaxed/relaxed"}, {"d", domain},
+			{"h", h}, {"s", k.selector}, {"t", t}, {"v", "1"},
 		}
 		hh := sha256.New()
 		hh.Write([]byte(headers))

@@ -54,18 +54,3 @@ func (g *groupSync) Err() error {
 	defer g.mu.Unlock()
 	return g.err
 }
-
-// Ticket is the batch whose fsync covers a change made now: batches already running may
-// have started before it.
-func (g *groupSync) Ticket() uint64 {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.next
-}
-
-// Synced reports whether batch b has been synced.
-func (g *groupSync) Synced(b uint64) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.done >= b && g.err == nil
-}

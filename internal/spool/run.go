@@ -335,7 +335,7 @@ func (s *Spool) readData(m *message) ([]byte, error) {
 	seg, off, crc := m.seg, m.off, m.crc
 	s.mu.Unlock()
 	if seg != nil {
-		return readSegData(seg, off, m.size, crc)
+		return readChecked(seg.f, seg.id, off, m.size, crc)
 	}
 	_, data, err := readMessage(msgPath(s.o.Dir, m.id))
 	return data, err

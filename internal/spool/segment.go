@@ -401,14 +401,14 @@ func (s *Spool) retire(seg *segment) {
 	os.Remove(donePath(s.o.Dir, seg.id))
 }
 
-// readSegData reads the message m from its segment.
-func readSegData(seg *segment, off int64, size int, crc uint32) ([]byte, error) {
+// readChecked reads size octets at off in the log of segment segID and checks their CRC.
+func readChecked(f *os.File, segID string, off int64, size int, crc uint32) ([]byte, error) {
 	b := make([]byte, size)
-	if _, err := seg.f.ReadAt(b, off); err != nil {
-		return nil, fmt.Errorf("segment %s: %w", seg.id, err)
+	if _, err := f.ReadAt(b, off); err != nil {
+		return nil, fmt.Errorf("segment %s: %w", segID, err)
 	}
 	if checksum(b) != crc {
-		return nil, fmt.Errorf("segment %s at %d: checksum mismatch", seg.id, off)
+		return nil, fmt.Errorf("segment %s at %d: checksum mismatch", segID, off)
 	}
 	return b, nil
 }
@@ -574,14 +574,7 @@ func readRecordData(dir string, sm segMessage) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	b := make([]byte, sm.rec.env.Size)
-	if _, err := f.ReadAt(b, int64(sm.rec.off)); err != nil {
-		return nil, fmt.Errorf("segment %s: %w", sm.segID, err)
-	}
-	if checksum(b) != sm.rec.env.CRC {
-		return nil, fmt.Errorf("segment %s at %d: checksum mismatch", sm.segID, sm.rec.off)
-	}
-	return b, nil
+	return readChecked(f, sm.segID, int64(sm.rec.off), sm.rec.env.Size, sm.rec.env.CRC)
 }
 
 // pwritev writes bufs at off, all of them.

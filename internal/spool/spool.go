@@ -299,23 +299,28 @@ func (s *Spool) recover() error {
 	if err != nil {
 		return err
 	}
+	segs := make(map[string]*segment, len(segIDs))
 	for _, id := range segIDs {
-		seg := &segment{id: id, path: segPath(s.o.Dir, id)}
-		for mid, sm := range segMsgs {
-			if sm.segID != id || hasMsg[mid] {
-				continue
-			}
-			m, err := s.loaded(mid, sm.rec.env)
-			if err != nil {
-				return err
-			}
-			hasMsg[mid] = true
-			if m != nil {
-				m.seg, m.off = seg, int64(sm.rec.off)
-				seg.live++
-				msgs = append(msgs, m)
-			}
+		segs[id] = &segment{id: id, path: segPath(s.o.Dir, id)}
+	}
+	for mid, sm := range segMsgs {
+		if hasMsg[mid] {
+			continue // moved out of its segment: the file is the truth
 		}
+		m, err := s.loaded(mid, sm.rec.env)
+		if err != nil {
+			return err
+		}
+		hasMsg[mid] = true
+		if m != nil {
+			seg := segs[sm.segID]
+			m.seg, m.off = seg, int64(sm.rec.off)
+			seg.live++
+			msgs = append(msgs, m)
+		}
+	}
+	for _, id := range segIDs {
+		seg := segs[id]
 		if seg.live == 0 {
 			if err := cmp.Or(os.Remove(donePath(s.o.Dir, id)), os.Remove(seg.path)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return err
