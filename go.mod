@@ -20,3 +20,8 @@ require (
 )
 
 require golang.org/x/text v0.44.0 // indirect
+
+// A patched copy of go-smtp v0.25.1: an exact DATA reader (bare CRs), a 512-octet
+// command line limit, a per-connection command cap and per-line DATA deadlines.
+// third_party/go-smtp.patch is the whole difference; the README says why.
+replace github.com/emersion/go-smtp => ./third_party/go-smtp

@@ -53,10 +53,15 @@ func Load(path string) (*Config, error) {
 func defaults() *Config {
 	return &Config{
 		SMTP: SMTP{
-			Listen:          "127.0.0.1:2525",
-			MaxMessageBytes: 26214400,
-			MaxRecipients:   100,
-			Timeout:         Duration{5 * time.Minute},
+			Listen:           "127.0.0.1:2525",
+			MaxMessageBytes:  26214400,
+			MaxRecipients:    100,
+			Timeout:          Duration{5 * time.Minute},
+			BareNewline:      "normalize",
+			MaxHeaderBytes:   1 << 20,
+			MaxConnections:   1000,
+			MaxConnectionsIP: 50,
+			AuthFailures:     5,
 			// Only when the key is absent: an explicit [] means AUTH is always required.
 			AllowNetworks: []string{"127.0.0.0/8", "::1/128"},
 		},

@@ -175,13 +175,18 @@ address = "smtp.provider.net:587"
 
 	require.Equal(t, host, c.Hostname)
 	require.Equal(t, config.SMTP{
-		Listen:          "127.0.0.1:2525",
-		MaxMessageBytes: 26214400,
-		MaxRecipients:   100,
-		Timeout:         dur(5 * time.Minute),
-		AllowNetworks:   []string{"127.0.0.0/8", "::1/128"},
-		Networks:        []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
-		ProxyFrom:       []netip.Prefix{},
+		Listen:           "127.0.0.1:2525",
+		MaxMessageBytes:  26214400,
+		MaxRecipients:    100,
+		Timeout:          dur(5 * time.Minute),
+		AllowNetworks:    []string{"127.0.0.0/8", "::1/128"},
+		BareNewline:      "normalize",
+		MaxHeaderBytes:   1 << 20,
+		MaxConnections:   1000,
+		MaxConnectionsIP: 50,
+		AuthFailures:     5,
+		Networks:         []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
+		ProxyFrom:        []netip.Prefix{},
 	}, c.SMTP)
 	require.Empty(t, c.Users)
 	require.Equal(t, config.Sender{

@@ -49,6 +49,11 @@ type SMTP struct {
 	TrustUnitHeader   bool     `toml:"trust_unit_header"`
 	RatePerNetwork    string   `toml:"rate_per_network"`
 	ProxyProtocolFrom []string `toml:"proxy_protocol_from"`
+	BareNewline       string   `toml:"bare_newline"` // "normalize" | "reject"
+	MaxHeaderBytes    int64    `toml:"max_header_bytes"`
+	MaxConnections    int      `toml:"max_connections"`
+	MaxConnectionsIP  int      `toml:"max_connections_per_ip"`
+	AuthFailures      int      `toml:"auth_failures"`
 
 	Networks     []netip.Prefix `toml:"-"` // parsed AllowNetworks
 	ProxyFrom    []netip.Prefix `toml:"-"` // parsed ProxyProtocolFrom

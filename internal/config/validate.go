@@ -21,6 +21,10 @@ import (
 	"relay/internal/rewrite"
 )
 
+// MaxRecipientsLimit is the largest smtp.max_recipients: internal/spool's MaxRecipients,
+// which its tests hold equal.
+const MaxRecipientsLimit = 1000
+
 // validate checks every key of a decoded c, fills its derived fields and the defaults that
 // depend on other keys, and resolves relative paths against c.Dir. It reports all it finds.
 func validate(c *Config, ps *problems) {
@@ -94,8 +98,25 @@ func (v *validator) smtp() {
 	}
 	if s.MaxRecipients <= 0 {
 		v.ps.add("smtp.max_recipients", "must be positive")
+	} else if s.MaxRecipients > MaxRecipientsLimit {
+		v.ps.add("smtp.max_recipients", "%d is over %d, the most the spool keeps per message", s.MaxRecipients, MaxRecipientsLimit)
 	}
 	v.positive("smtp.timeout", s.Timeout)
+	v.oneOf("smtp.bare_newline", s.BareNewline, "normalize", "reject")
+	if s.MaxHeaderBytes <= 0 {
+		v.ps.add("smtp.max_header_bytes", "must be positive")
+	}
+	if s.MaxConnections <= 0 {
+		v.ps.add("smtp.max_connections", "must be positive")
+	}
+	if s.MaxConnectionsIP <= 0 {
+		v.ps.add("smtp.max_connections_per_ip", "must be positive")
+	} else if s.MaxConnections > 0 && s.MaxConnectionsIP > s.MaxConnections {
+		v.ps.add("smtp.max_connections_per_ip", "%d is more than max_connections (%d)", s.MaxConnectionsIP, s.MaxConnections)
+	}
+	if s.AuthFailures <= 0 {
+		v.ps.add("smtp.auth_failures", "must be positive")
+	}
 	s.Networks = v.prefixes("smtp.allow_networks", s.AllowNetworks)
 	s.NetworkLimit = v.rate("smtp.rate_per_network", s.RatePerNetwork)
 	s.ProxyFrom = v.prefixes("smtp.proxy_protocol_from", s.ProxyProtocolFrom)
@@ -323,6 +344,11 @@ func (v *validator) upstream() {
 	}
 	if u.Username != "" && u.PasswordEnv == "" && u.PasswordFile == "" {
 		v.ps.add("upstream.username", "needs password_env or password_file")
+	}
+	if u.Username != "" && u.TLS == "none" && !strings.HasPrefix(u.Address, "file:") {
+		// SPEC §7: only tls = "none" lets AUTH go out without TLS, and it does as told; the
+		// admin hears once, here, what that costs.
+		v.c.Warnings = append(v.c.Warnings, fmt.Sprintf(`upstream.tls = "none" with upstream.username %q: the password crosses the network to %s in clear (AUTH PLAIN and LOGIN are only base64); use "starttls" or "implicit" unless that path is trusted`, u.Username, u.Address))
 	}
 	if u.MaxConnections <= 0 {
 		v.ps.add("upstream.max_connections", "must be positive")

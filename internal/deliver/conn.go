@@ -243,11 +243,27 @@ func (p *Pool) setup(ctx context.Context, raw *deadlineConn) (*conn, error) {
 		}
 	}
 	if p.username != "" {
+		if !c.tls && p.mode != "none" {
+			return c, p.refuseClearAuth()
+		}
 		if err := p.auth(c.client); err != nil {
 			return c, fmt.Errorf("%s: %w", p.addr, err)
 		}
 	}
 	return c, nil
+}
+
+// refuseClearAuth is the error, and the log line, for an upstream that would get our
+// credentials in clear: SPEC §7, upstream AUTH is never sent without TLS unless
+// upstream.tls = "none" says so. "opportunistic" lets the mail go out in plain text when the
+// upstream offers no STARTTLS, but not the password: anyone on the path could read it (AUTH
+// PLAIN and LOGIN are only base64) and, unlike one message, reuse it. The attempt fails as
+// a fault, so the message waits in the spool (a 451 in direct mode) until the upstream offers
+// STARTTLS or the operator chooses tls = "none".
+func (p *Pool) refuseClearAuth() error {
+	p.log.Warn(`upstream offers no STARTTLS: AUTH not sent, credentials are never sent over a connection without TLS; delivery deferred (set upstream.tls = "none" to send them in clear anyway)`,
+		"upstream", p.addr, "tls", p.mode, "username", p.username)
+	return fmt.Errorf(`%s: AUTH not sent: no STARTTLS on offer, and upstream.tls = %q never sends credentials without TLS (only tls = "none" does)`, p.addr, p.mode)
 }
 
 func (p *Pool) newClient(nc net.Conn) *smtp.Client {

@@ -80,9 +80,6 @@ func NewPool(cfg *config.Config, log *slog.Logger) (*Pool, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if u.Username != "" && mode == "none" {
-		log.Warn("upstream.username is set with upstream.tls = \"none\": the password crosses the network in clear", "upstream", u.Address)
-	}
 	p := &Pool{
 		addr: u.Address, host: host, mode: mode, hostname: cfg.Hostname,
 		username: u.Username, password: u.Password, timeout: u.Timeout.Duration,

@@ -2,10 +2,14 @@ package deliver
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"fmt"
+	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -407,10 +411,13 @@ func TestPoolTLS(t *testing.T) {
 	}
 }
 
+// TestPoolAuth covers the mechanisms over a plain connection, which takes tls = "none"; the
+// TLS a login needs otherwise is TestPoolAuthNeedsTLS's.
 func TestPoolAuth(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		opts     []upstreamOption
+		mode     string // upstream.tls; "": none
 		user     string
 		password string
 		wantMech string
@@ -420,15 +427,15 @@ func TestPoolAuth(t *testing.T) {
 		{name: "PLAIN", opts: []upstreamOption{withAuth("PLAIN")}, user: "relay", password: "secret", wantMech: "PLAIN"},
 		{name: "LOGIN", opts: []upstreamOption{withAuth("LOGIN")}, user: "relay", password: "secret", wantMech: "LOGIN"},
 		{name: "PLAIN preferred", opts: []upstreamOption{withAuth("LOGIN", "PLAIN")}, user: "relay", password: "secret", wantMech: "PLAIN"},
-		{name: "over STARTTLS", opts: []upstreamOption{withAuth("PLAIN"), withSTARTTLS}, user: "relay", password: "secret", wantMech: "PLAIN"},
+		{name: "over STARTTLS", opts: []upstreamOption{withAuth("PLAIN"), withSTARTTLS}, mode: "opportunistic", user: "relay", password: "secret", wantMech: "PLAIN"},
 		{name: "wrong password", opts: []upstreamOption{withAuth("PLAIN")}, user: "relay", password: "wrong", wantErr: "AUTH"},
 		{name: "no mechanism we speak", opts: []upstreamOption{withAuth("CRAM-MD5")}, user: "relay", password: "secret", wantErr: "neither PLAIN nor LOGIN"},
-		{name: "no username configured", opts: []upstreamOption{withAuth("PLAIN")}, wantErr: "authenticate", wantCode: 502},
+		{name: "no username configured", opts: []upstreamOption{withAuth("PLAIN")}, mode: "opportunistic", wantErr: "authenticate", wantCode: 502},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := startUpstream(t, tc.opts...)
 			p := newPool(t, u, func(c *config.Upstream) {
-				c.TLS = "opportunistic"
+				c.TLS = cmp.Or(tc.mode, "none")
 				c.Username, c.Password = tc.user, tc.password
 			})
 			_, err := p.Send(t.Context(), "app@customer.example", []string{"rcpt@dest.example"}, testMessage(1))
@@ -446,6 +453,88 @@ func TestPoolAuth(t *testing.T) {
 			require.Len(t, msgs, 1)
 			require.Equal(t, "relay", msgs[0].User)
 			require.Equal(t, []string{tc.wantMech}, u.authMechs)
+		})
+	}
+}
+
+// TestPoolAuthNeedsTLS: upstream AUTH is never sent without TLS unless tls = "none" says so
+// (SPEC §7). Every upstream offers AUTH PLAIN and LOGIN before TLS too, as a server that
+// allows insecure AUTH does; wire is what reached its socket.
+func TestPoolAuthNeedsTLS(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		mode    string
+		opts    []upstreamOption
+		trust   bool
+		wantErr string // "": delivered
+		wantLog bool   // the one warning about credentials in clear
+		wantTLS bool   // AUTH, and the message, over TLS
+	}{
+		{name: "opportunistic, no STARTTLS", mode: "opportunistic", trust: true, wantErr: "AUTH not sent", wantLog: true},
+		{name: "opportunistic, STARTTLS fails", mode: "opportunistic", opts: []upstreamOption{withSTARTTLS}, wantErr: "certificate"},
+		{name: "opportunistic, STARTTLS", mode: "opportunistic", opts: []upstreamOption{withSTARTTLS}, trust: true, wantTLS: true},
+		{name: "starttls, no STARTTLS", mode: "starttls", trust: true, wantErr: "STARTTLS required"},
+		{name: "starttls", mode: "starttls", opts: []upstreamOption{withSTARTTLS}, trust: true, wantTLS: true},
+		{name: "implicit", mode: "implicit", opts: []upstreamOption{withImplicitTLS}, trust: true, wantTLS: true},
+		{name: "none sends AUTH in clear", mode: "none", trust: true},
+		{name: "none ignores STARTTLS", mode: "none", opts: []upstreamOption{withSTARTTLS}, trust: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := startUpstream(t, append([]upstreamOption{withAuth("PLAIN", "LOGIN"), withWire}, tc.opts...)...)
+			p := newPool(t, u, func(c *config.Upstream) {
+				c.TLS = tc.mode
+				c.Username, c.Password = "relay", "secret"
+			})
+			if !tc.trust {
+				p.tlsConfig = nil // the system roots do not know the test certificate
+			}
+			var logs bytes.Buffer
+			p.log = slog.New(slog.NewTextHandler(&logs, nil))
+
+			err := (&Direct{Sender: p}).Submit(t.Context(), "ID1", "app@customer.example", []string{"rcpt@dest.example"}, testMessage(1))
+			u.mu.Lock()
+			wire, tried, mails := string(u.wire), u.authTried, u.mails
+			u.mu.Unlock()
+			plainPW := base64.StdEncoding.EncodeToString([]byte("\x00relay\x00secret"))
+			if tc.wantErr != "" {
+				var e *Error
+				require.ErrorAs(t, err, &e)
+				require.True(t, e.Temporary(), "the message waits for TLS or the operator, it does not bounce")
+				code, enh, _ := e.SMTPReply()
+				require.Equal(t, 4, code/100, "direct mode answers 4xx")
+				require.Equal(t, 4, enh[0])
+				require.ErrorContains(t, err, tc.wantErr)
+				require.NotContains(t, err.Error(), "secret")
+				require.Empty(t, tried, "the upstream never received AUTH")
+				require.NotContains(t, wire, "AUTH")
+				require.NotContains(t, wire, plainPW)
+				require.Zero(t, mails, "nothing is sent unauthenticated either")
+				require.Empty(t, u.messages())
+			} else {
+				require.NoError(t, err)
+				require.Equal(t, []authAttempt{{Mech: "PLAIN", TLS: tc.wantTLS}}, tried)
+				if tc.wantTLS {
+					require.NotContains(t, wire, "AUTH", "no AUTH before TLS")
+					require.NotContains(t, wire, plainPW)
+				} else {
+					require.Contains(t, wire, "AUTH PLAIN "+plainPW, "tls = \"none\" sends AUTH as configured")
+				}
+				msgs := u.messages()
+				require.Len(t, msgs, 1)
+				require.Equal(t, "relay", msgs[0].User)
+				require.Equal(t, tc.wantTLS, msgs[0].TLS)
+			}
+			if !tc.wantLog {
+				require.NotContains(t, logs.String(), "credentials")
+				return
+			}
+			lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+			require.Len(t, lines, 1, "one log line per refused attempt")
+			require.Contains(t, lines[0], "level=WARN")
+			require.Contains(t, lines[0], "upstream="+u.addr)
+			require.Contains(t, lines[0], "credentials are never sent over a connection without TLS")
+			require.Contains(t, lines[0], `upstream.tls = \"none\"`)
+			require.NotContains(t, lines[0], "secret")
 		})
 	}
 }

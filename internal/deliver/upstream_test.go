@@ -29,6 +29,7 @@ type upstream struct {
 
 	// set by options before the server starts
 	starttls, implicit, utf8 bool
+	recordWire               bool              // keep every octet read from clients in wire
 	mechs                    []string          // AUTH mechanisms offered; nil: no AUTH
 	users                    map[string]string // non-nil: MAIL needs AUTH as one of these
 
@@ -40,8 +41,10 @@ type upstream struct {
 	msgs      []message
 	helos     []string
 	authMechs []string // mechanisms clients logged in with
-	mails     int      // MAIL commands seen
-	datas     int      // DATA bodies seen
+	authTried []authAttempt
+	wire      []byte // what clients sent, as read from the socket (ciphertext under TLS)
+	mails     int    // MAIL commands seen
+	datas     int    // DATA bodies seen
 	failMail  *smtp.SMTPError
 	failData  *smtp.SMTPError
 	failRcpt  map[string]*smtp.SMTPError
@@ -65,11 +68,18 @@ type message struct {
 	User string
 }
 
+// authAttempt is one AUTH command the upstream received, successful or not.
+type authAttempt struct {
+	Mech string
+	TLS  bool
+}
+
 type upstreamOption func(*upstream)
 
 func withSTARTTLS(u *upstream)    { u.starttls = true }
 func withImplicitTLS(u *upstream) { u.implicit = true }
 func withSMTPUTF8(u *upstream)    { u.utf8 = true }
+func withWire(u *upstream)        { u.recordWire = true }
 
 // withAuth offers mechs and requires a login as user "relay", password "secret".
 func withAuth(mechs ...string) upstreamOption {
@@ -196,6 +206,8 @@ type session struct {
 func (s *session) AuthMechanisms() []string { return s.u.mechs }
 
 func (s *session) Auth(mech string) (sasl.Server, error) {
+	_, isTLS := s.c.TLSConnectionState()
+	s.u.set(func(u *upstream) { u.authTried = append(u.authTried, authAttempt{Mech: mech, TLS: isTLS}) })
 	check := func(user, pass string) error {
 		if want, ok := s.u.users[user]; !ok || want != pass {
 			return smtp.ErrAuthFailed
@@ -363,6 +375,16 @@ type countingConn struct {
 	net.Conn
 	u    *upstream
 	once sync.Once
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 && c.u.recordWire { // set before the server starts: no lock needed to read it
+		c.u.mu.Lock()
+		c.u.wire = append(c.u.wire, b[:n]...)
+		c.u.mu.Unlock()
+	}
+	return n, err
 }
 
 func (c *countingConn) Close() error {

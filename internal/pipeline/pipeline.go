@@ -100,9 +100,13 @@ func (p *Pipeline) Process(ctx context.Context, in Input) (Result, error) {
 	if res.ID == "" {
 		res.ID = queueid.New(time.Now())
 	}
-	// Bare LFs would reach the upstream as CRLF anyway (SMTP clients write lines), so sign
-	// what will be transmitted.
+	// SPEC §7: bare CRs and LFs are written as CRLF before anything reads the header or
+	// signs the message, so that the relay judges, signs and transmits the same lines a
+	// receiver splitting on CR or LF sees, and no end-of-data look-alike leaves unchanged.
 	data := CRLF(in.Data)
+	if n := HeaderLen(data); n > maxHeaderBytes(cfg) {
+		return res, &HeaderTooLargeError{Size: n, Limit: maxHeaderBytes(cfg)}
+	}
 	msg, err := rewrite.Parse(data)
 	if err != nil {
 		return res, err
@@ -195,7 +199,7 @@ func (p *Pipeline) Process(ctx context.Context, in Input) (Result, error) {
 	// it without another copy of the body.
 	buf := rewrite.AppendApply(make([]byte, sigRoom, sigRoom+len(data)+1024), msg, opts)
 	out := buf[sigRoom:]
-	sig, err := st.Signer.Sign(d.DKIMDomain, out)
+	sig, err := st.Signer.Sign(ctx, d.DKIMDomain, out)
 	if err != nil {
 		return res, fmt.Errorf("message %s: %w", res.ID, err)
 	}
@@ -208,37 +212,105 @@ func (p *Pipeline) Process(ctx context.Context, in Input) (Result, error) {
 	}
 
 	if p.Submit == nil {
+		// SPEC §10: a dry run logs the decision as the spool would have.
+		p.logMessage("message previewed (dry run: not spooled, not sent)", in, res, start)
 		return res, nil
 	}
 	if err := p.Submit.Submit(ctx, res.ID, d.Envelope, in.To, res.Message); err != nil {
 		p.Log.Warn("message not accepted", "id", res.ID, "client", in.Client, "err", err)
 		return res, err
 	}
-	p.Log.Info("message accepted",
-		"id", res.ID, "client", in.Client, "user", in.User, "unit", d.Unit,
-		"from", d.FromOriginal, "effective", d.From, "envelope", d.Envelope,
-		"reason", string(d.Reason), "detail", d.Detail, "dkim", d.DKIMDomain,
-		"rcpts", len(in.To), "to", in.To, "size", len(res.Message),
-		"duration", time.Since(start).Round(time.Microsecond))
+	p.logMessage("message accepted", in, res, start)
 	return res, nil
 }
 
-// CRLF converts bare LF line ends to CRLF: messages read from files (`relay send
-// -message`) have them, and SMTP clients send them in DATA.
-func CRLF(b []byte) []byte {
-	if !bytes.Contains(b, []byte("\n")) {
-		return b
-	}
-	n := bytes.Count(b, []byte("\n")) - bytes.Count(b, []byte("\r\n"))
-	if n == 0 {
-		return b
-	}
-	out := make([]byte, 0, len(b)+n)
-	for i, c := range b {
-		if c == '\n' && (i == 0 || b[i-1] != '\r') {
-			out = append(out, '\r')
+// logMessage writes the one line per message of SPEC §10. Addresses come from the client,
+// so each is quoted at most maxLogValue octets long (SPEC §7).
+func (p *Pipeline) logMessage(msg string, in Input, res Result, start time.Time) {
+	d := res.Decision
+	to := make([]string, 0, min(len(in.To), 11))
+	for i, a := range in.To {
+		if i == 10 {
+			to = append(to, fmt.Sprintf("(%d more)", len(in.To)-10))
+			break
 		}
-		out = append(out, c)
+		to = append(to, clip(a))
+	}
+	p.Log.Info(msg,
+		"id", res.ID, "client", in.Client, "user", in.User, "unit", d.Unit,
+		"from", clip(d.FromOriginal), "effective", d.From, "envelope", clip(d.Envelope),
+		"reason", string(d.Reason), "detail", clip(d.Detail), "dkim", d.DKIMDomain,
+		"rcpts", len(in.To), "to", to, "size", len(res.Message),
+		"duration", time.Since(start).Round(time.Microsecond))
+}
+
+// maxLogValue bounds a client-supplied value in a log line.
+const maxLogValue = 256
+
+func clip(s string) string {
+	if len(s) <= maxLogValue {
+		return s
+	}
+	return s[:maxLogValue] + "..."
+}
+
+// CRLF writes every bare LF and every bare CR (one not part of a CRLF) as CRLF: messages
+// read from files (`relay send -message`) have LF line ends, and SMTP clients send both in
+// DATA. "a\r\r\n" becomes "a\r\n\r\n", never "a\r\r\r\n". b is returned as it is when
+// it has no bare line ends (the common case, found with three vectorised counts).
+func CRLF(b []byte) []byte {
+	pairs := bytes.Count(b, crlf)
+	lfs, crs := bytes.Count(b, crlf[1:]), bytes.Count(b, crlf[:1])
+	if lfs == pairs && crs == pairs {
+		return b
+	}
+	out := make([]byte, 0, len(b)+(lfs-pairs)+(crs-pairs))
+	for len(b) > 0 {
+		i := bytes.IndexAny(b, "\r\n")
+		if i < 0 {
+			out = append(out, b...)
+			break
+		}
+		out = append(append(out, b[:i]...), '\r', '\n')
+		if b[i] == '\r' && i+1 < len(b) && b[i+1] == '\n' {
+			i++
+		}
+		b = b[i+1:]
 	}
 	return out
+}
+
+var crlf = []byte("\r\n")
+
+// HeaderLen is the size of the header block of a CRLF message: everything up to and
+// including the empty line that ends it, or the whole message when it has none.
+func HeaderLen(b []byte) int {
+	if bytes.HasPrefix(b, crlf) {
+		return len(crlf)
+	}
+	if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
+		return i + 4
+	}
+	return len(b)
+}
+
+// defaultMaxHeaderBytes is [smtp] max_header_bytes when a Config built by hand has none.
+const defaultMaxHeaderBytes = 1 << 20
+
+func maxHeaderBytes(cfg *config.Config) int {
+	if cfg.SMTP.MaxHeaderBytes <= 0 {
+		return defaultMaxHeaderBytes
+	}
+	return int(cfg.SMTP.MaxHeaderBytes)
+}
+
+// HeaderTooLargeError is a header block over [smtp] max_header_bytes (SPEC §7).
+type HeaderTooLargeError struct{ Size, Limit int }
+
+func (e *HeaderTooLargeError) Error() string {
+	return fmt.Sprintf("header block of %d octets over max_header_bytes (%d)", e.Size, e.Limit)
+}
+
+func (e *HeaderTooLargeError) SMTPReply() (int, [3]int, string) {
+	return 552, [3]int{5, 3, 4}, fmt.Sprintf("Message header too large (limit %d octets)", e.Limit)
 }

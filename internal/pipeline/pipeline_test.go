@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -139,9 +140,82 @@ func TestCRLF(t *testing.T) {
 		"a\r\nb\nc\r\n":  "a\r\nb\r\nc\r\n",
 		"\n":             "\r\n",
 		"no line ending": "no line ending",
+		// Bare CRs (SPEC §7), never written as CR CR LF.
+		"a\rb\r\n":   "a\r\nb\r\n",
+		"last\r\r\n": "last\r\n\r\n",
+		"x\r":        "x\r\n",
+		"\r\r\r\n":   "\r\n\r\n\r\n",
+		"a\n\rb":     "a\r\n\r\nb",
+		// End-of-data look-alikes become real lines, which the upstream's client
+		// dot-stuffs; none survives as it was.
+		"a\r.\r\nb": "a\r\n.\r\nb",
+		"a\n.\nb":   "a\r\n.\r\nb",
+		"a\n.\r\nb": "a\r\n.\r\nb",
 	} {
-		require.Equal(t, want, string(CRLF([]byte(in))), "%q", in)
+		got := CRLF([]byte(in))
+		require.Equal(t, want, string(got), "%q", in)
+		require.Equal(t, bytes.Count(got, []byte("\r")), bytes.Count(got, []byte("\r\n")), "%q: a bare CR is left", in)
+		require.Equal(t, bytes.Count(got, []byte("\n")), bytes.Count(got, []byte("\r\n")), "%q: a bare LF is left", in)
 	}
+}
+
+func FuzzCRLF(f *testing.F) {
+	for _, s := range []string{"", "a\r\n", "a\rb", "\r\r\n", "a\n.\n", "\n\r"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		got := CRLF(in)
+		pairs := bytes.Count(got, []byte("\r\n"))
+		require.Equal(t, pairs, bytes.Count(got, []byte("\r")), "bare CR left in %q", got)
+		require.Equal(t, pairs, bytes.Count(got, []byte("\n")), "bare LF left in %q", got)
+		// Every line end of the input is one line end of the output, and nothing else
+		// changes: the non-CR/LF octets are the same, in order.
+		strip := func(b []byte) []byte {
+			return bytes.Map(func(r rune) rune {
+				if r == '\r' || r == '\n' {
+					return -1
+				}
+				return r
+			}, b)
+		}
+		require.Equal(t, strip(in), strip(got))
+		require.Equal(t, got, CRLF(got), "normalising twice changes nothing")
+	})
+}
+
+func TestHeaderLimit(t *testing.T) {
+	p := New(load(t, "[smtp]\nmax_header_bytes = 100"), nil, nil)
+	small := []byte("From: a@example.com\r\nSubject: x\r\n\r\n" + strings.Repeat("body\r\n", 100))
+	_, err := p.Process(context.Background(), Input{Data: small})
+	require.NoError(t, err)
+	big := []byte("From: a@example.com\r\nSubject: " + strings.Repeat("x", 100) + "\r\n\r\nbody\r\n")
+	_, err = p.Process(context.Background(), Input{Data: big})
+	var he *HeaderTooLargeError
+	require.ErrorAs(t, err, &he)
+	code, enh, _ := he.SMTPReply()
+	require.Equal(t, 552, code)
+	require.Equal(t, [3]int{5, 3, 4}, enh)
+	// A message that is all header counts whole.
+	_, err = p.Process(context.Background(), Input{Data: []byte("From: a@example.com\r\nX: " + strings.Repeat("y", 100))})
+	require.ErrorAs(t, err, &he)
+
+	require.Equal(t, 2, HeaderLen([]byte("\r\nbody")))
+	require.Equal(t, 8, HeaderLen([]byte("X: y\r\n\r\nbody")))
+	require.Equal(t, 4, HeaderLen([]byte("X: y")))
+}
+
+// TestBareCRHidesNoFrom: a From behind a bare CR in another header line is a second From
+// once normalised (what a receiver that splits on CR sees), so the message is refused
+// rather than forwarded with a From the relay never judged.
+func TestBareCRHidesNoFrom(t *testing.T) {
+	p := New(load(t, ""), nil, nil)
+	_, err := p.Process(context.Background(), Input{Data: []byte("From: a@example.com\r\nSubject: x\rFrom: evil@attacker.example\r\n\r\nbody\r\n")})
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "From")
+	var r interface{ SMTPReply() (int, [3]int, string) }
+	require.ErrorAs(t, err, &r)
+	code, _, _ := r.SMTPReply()
+	require.Equal(t, 550, code)
 }
 
 // BenchmarkPipeline is the per-message cost of policy + rewrite + sign, the work the relay
@@ -188,4 +262,22 @@ func testMessage(size int) []byte {
 		b.WriteString(line)
 	}
 	return b.Bytes()
+}
+
+// TestDryRunLogs: a dry run (no Submitter) logs one line per message with the decision, as
+// the spool mode's "message accepted" line does (SPEC §10); client values are clipped.
+func TestDryRunLogs(t *testing.T) {
+	var logs bytes.Buffer
+	p := New(load(t, ""), nil, slog.New(slog.NewTextHandler(&logs, nil)))
+	long := strings.Repeat("r", 1000) + "@dest.example"
+	_, err := p.Process(context.Background(), Input{ID: "dry1", Envelope: "alice@gmail.com",
+		To: []string{"bob@dest.example", long}, Data: []byte("From: alice@gmail.com\r\n\r\nbody\r\n"), Client: "192.0.2.7"})
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	require.Len(t, lines, 1, logs.String())
+	for _, want := range []string{`msg="message previewed (dry run: not spooled, not sent)"`, "id=dry1", "client=192.0.2.7",
+		"from=alice@gmail.com", "effective=noreply@example.net", "reason=fallback-global", "dkim=example.net", "rcpts=2"} {
+		require.Contains(t, lines[0], want)
+	}
+	require.NotContains(t, lines[0], long[:300])
 }

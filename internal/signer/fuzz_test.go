@@ -30,7 +30,7 @@ func FuzzSign(f *testing.F) {
 			// rewrite prepends a Received field before signing.
 			t.Skip()
 		}
-		sig, err := s.Sign("example.com", msg)
+		sig, err := s.Sign(t.Context(), "example.com", msg)
 		require.NoError(t, err)
 		_, complete := s.headers.keys(msg)
 		sent := msg

@@ -213,7 +213,30 @@ func newSigner(t testing.TB, cfg config.DKIM) *Signer {
 
 func sign(t testing.TB, s *Signer, domain string, msg []byte) []byte {
 	t.Helper()
-	sig, err := s.Sign(domain, msg)
+	sig, err := s.Sign(t.Context(), domain, msg)
 	require.NoError(t, err)
 	return append(sig, msg...)
+}
+
+// headerShapes are the ways a header of many lines is split, for the cost tests and
+// benchmarks: continuation lines of one signed field, separate unsigned fields, and
+// separate signed fields (each one more h= entry to pick).
+var headerShapes = []struct{ name, first, line string }{
+	{"folded", "Subject: x\r\n", " y\r\n"},
+	{"fields", "", "X-A: b\r\n"},
+	{"signed", "", "To: b@example.net\r\n"},
+}
+
+// manyLines is a message whose header is From and n lines of shape after first, with a
+// one-line body.
+func manyLines(first, line string, n int) []byte {
+	var b bytes.Buffer
+	b.Grow(len(first) + n*len(line) + 64)
+	b.WriteString("From: a@example.com\r\n")
+	b.WriteString(first)
+	for range n {
+		b.WriteString(line)
+	}
+	b.WriteString("\r\nbody\r\n")
+	return b.Bytes()
 }

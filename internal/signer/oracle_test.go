@@ -2,6 +2,7 @@ package signer
 
 import (
 	"crypto"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,7 +44,7 @@ func sameAsMsgauth(t testing.TB, s *Signer, domain string, msg []byte) {
 	for {
 		start := time.Now().Unix()
 		want := msgauthSign(t, domain, ks, msg, hkeys)
-		got, err := dkimSign(domain, ks, msg, hkeys, time.Now())
+		got, err := dkimSign(newMeter(t.Context()), domain, ks, msg, hkeys, time.Now())
 		require.NoError(t, err)
 		if time.Now().Unix() != start {
 			continue // a second boundary: t= may differ
@@ -93,5 +94,25 @@ func FuzzSignMatchesGoMsgauth(f *testing.F) {
 	s := newSigner(f, dkimConfig(writeKey(f, f.TempDir(), "default.pem", k.ed1, false)))
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		sameAsMsgauth(t, s, "example.com", msg)
+	})
+}
+
+// Headers of many lines, the shapes whose canonicalization was quadratic, still give
+// go-msgauth's fields exactly: long folded fields, many instances of signed fields in
+// mixed case and order, and names that match only under Unicode case folding (ſ is s).
+// go-msgauth is itself quadratic in them, hence 2,000 lines and not more.
+func TestSignManyLinesMatchesGoMsgauth(t *testing.T) {
+	s := newSigner(t, dkimConfig(writeKey(t, t.TempDir(), "default.pem", genKeys(t).ed1, false)))
+	mixed := strings.Repeat("To: 1\r\nfrom: a@example.com\r\nX-A: b\r\nTO : 2\r\n\tfolded \t\r\nſubject: s\r\nReply-To: r\r\n", 300)
+	for _, sh := range headerShapes {
+		t.Run(sh.name, func(t *testing.T) {
+			sameAsMsgauth(t, s, "example.com", manyLines(sh.first, sh.line, 2_000))
+		})
+	}
+	t.Run("mixed", func(t *testing.T) {
+		sameAsMsgauth(t, s, "example.com", []byte(mixed+"\r\nbody\r\n"))
+	})
+	t.Run("bare LF folded", func(t *testing.T) {
+		sameAsMsgauth(t, s, "example.com", []byte("From: a@example.com\nSubject: x\n"+strings.Repeat(" y \n\tz\r\n", 1_000)+"\nbody\n"))
 	})
 }

@@ -6,6 +6,7 @@ package signer
 
 import (
 	"cmp"
+	"context"
 	"crypto"
 	"crypto/ed25519"
 	"errors"
@@ -160,9 +161,18 @@ func (s *Signer) DefaultSelector() string { return s.def[0].selector }
 // (Bare LF line ends are tolerated: canonicalization reads them as CRLF, so the signature
 // is the one the CRLF form of msg would get; the message must be sent in that CRLF form.)
 //
+// The work is linear in the size of msg, however its header is split into lines or fields.
+// Sign stops when ctx ends, with an error wrapping ctx.Err(): it looks at ctx every 64 KiB
+// of canonicalization.
+//
 // Sign errors are internal faults, never a client's: they carry no SMTP reply, so the
 // front end answers 451 4.3.0.
-func (s *Signer) Sign(domain string, msg []byte) ([]byte, error) {
+func (s *Signer) Sign(ctx context.Context, domain string, msg []byte) ([]byte, error) {
+	return s.sign(newMeter(ctx), domain, msg)
+}
+
+// sign is Sign with its work counted in m.
+func (s *Signer) sign(m *meter, domain string, msg []byte) ([]byte, error) {
 	d, err := policy.NormalizeDomain(domain)
 	if err != nil {
 		return nil, fmt.Errorf("dkim sign: %w", err)
@@ -171,7 +181,12 @@ func (s *Signer) Sign(domain string, msg []byte) ([]byte, error) {
 		return nil, errors.New("dkim sign: no signing domain")
 	}
 	ks := s.keys(d)
+	if err := m.ctx.Err(); err != nil {
+		return nil, fmt.Errorf("dkim sign d=%s: %w", d, err)
+	}
 
+	// One pass over the header, a few name comparisons a line; the context is next looked
+	// at by dkimSign right after.
 	hkeys, complete := s.headers.keys(msg)
 	if !complete {
 		// A header-only message lacks the empty line that ends the header. The hashes are
@@ -183,7 +198,7 @@ func (s *Signer) Sign(domain string, msg []byte) ([]byte, error) {
 	if s.now != nil {
 		now = s.now()
 	}
-	return dkimSign(d, ks, msg, hkeys, now)
+	return dkimSign(m, d, ks, msg, hkeys, now)
 }
 
 func signError(d string, k key, err error) error {

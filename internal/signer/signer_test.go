@@ -108,7 +108,7 @@ func TestSignVerifies(t *testing.T) {
 			require.NoError(t, srv.Load(zone(t, recs...)))
 			s := newSigner(t, cfg)
 
-			sig, err := s.Sign(tc.domain, message(2000))
+			sig, err := s.Sign(t.Context(), tc.domain, message(2000))
 			require.NoError(t, err)
 			fs := fields(t, sig)
 			require.Len(t, fs, len(tc.want))
@@ -371,7 +371,7 @@ func TestExistingSignatureKept(t *testing.T) {
 			cfg := dkimConfig(writeKey(t, t.TempDir(), "default.pem", k.ed2, false))
 			cfg.Headers = headers
 			s := newSigner(t, cfg)
-			sig, err := s.Sign("example.com", msg)
+			sig, err := s.Sign(t.Context(), "example.com", msg)
 			require.NoError(t, err)
 			require.Len(t, fields(t, sig), 1, "only our own field is returned")
 			require.NotContains(t, strings.ToLower(tags(t, fields(t, sig)[0])["h"]), "dkim-signature")
@@ -398,7 +398,7 @@ func TestLFOnlyMessage(t *testing.T) {
 
 	crlf := message(1000)
 	lf := bytes.ReplaceAll(crlf, []byte("\r\n"), []byte("\n"))
-	sig, err := s.Sign("example.com", lf)
+	sig, err := s.Sign(t.Context(), "example.com", lf)
 	require.NoError(t, err)
 	fs := fields(t, sig)
 	require.Len(t, fs, 2)
@@ -416,7 +416,7 @@ func TestHeaderOnlyMessage(t *testing.T) {
 		"last line unterminated":   "From: a@example.com\r\nSubject: s",
 	} {
 		t.Run(name, func(t *testing.T) {
-			sig, err := s.Sign("example.com", []byte(msg))
+			sig, err := s.Sign(t.Context(), "example.com", []byte(msg))
 			require.NoError(t, err)
 			// go-msgauth's verifier needs the empty line too; the SMTP client adds the
 			// missing CRLF, and an empty body hashes alike with or without it.
@@ -464,7 +464,7 @@ func TestConcurrentSign(t *testing.T) {
 			if i%2 == 1 {
 				d = "other.example"
 			}
-			sig, err := s.Sign(d, message(3000))
+			sig, err := s.Sign(t.Context(), d, message(3000))
 			if err == nil {
 				out[i] = append(sig, message(3000)...)
 			}
@@ -506,14 +506,14 @@ func TestSignErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			sig, err := tc.s.Sign(tc.domain, message(100))
+			sig, err := tc.s.Sign(t.Context(), tc.domain, message(100))
 			require.Nil(t, sig)
 			require.ErrorContains(t, err, tc.err)
 			var r smtpReplier
 			require.False(t, errors.As(err, &r), "Sign errors are internal faults (451 4.3.0), not replies")
 		})
 	}
-	_, err := broken.Sign("example.com", message(100))
+	_, err := broken.Sign(t.Context(), "example.com", message(100))
 	require.ErrorIs(t, err, errKeyFault)
 }
 

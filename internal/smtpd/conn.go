@@ -26,6 +26,10 @@ type conn struct {
 	noClient bool
 	pending  []byte // read past the PROXY header, served before the socket (set before go-smtp reads)
 
+	expires time.Time    // end of the session's lifetime: no read deadline goes past it
+	ipKey   netip.Prefix // the client's key in Server.perIP
+	counted bool         // counted in Server.perIP
+
 	authFails atomic.Int32 // failed AUTH attempts on this connection
 	kicked    atomic.Bool  // too many AUTH failures: read EOF, refuse every command
 	draining  atomic.Bool  // Shutdown: close once no transaction is open
@@ -58,6 +62,23 @@ func (c *conn) Read(b []byte) (int, error) {
 		return n, nil
 	}
 	return c.Conn.Read(b)
+}
+
+// SetReadDeadline is go-smtp's per-command (and, patched, per DATA line) deadline, kept
+// within the session's lifetime: a client that trickles commands cannot hold a connection
+// for ever.
+func (c *conn) SetReadDeadline(t time.Time) error {
+	if !c.expires.IsZero() && (t.IsZero() || t.After(c.expires)) {
+		t = c.expires
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *conn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.Conn.SetWriteDeadline(t)
 }
 
 func (c *conn) RemoteAddr() net.Addr {

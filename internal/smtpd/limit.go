@@ -76,9 +76,23 @@ func limiterFor[K comparable](m map[K]*rate.Limiter, k K, r config.Rate, now tim
 	return lim
 }
 
+// maxNetBuckets bounds the per-network buckets (only clients in allow_networks get one,
+// but a large allowed network has many /24s or /64s).
+const maxNetBuckets = 65536
+
 // sweep drops network buckets that have refilled: they are the same as a new one, and
-// without this the map would grow with every client network ever seen.
+// without this the map would grow with every client network ever seen. Past maxNetBuckets
+// even partly drained buckets go (in map order, which Go randomises): a network whose bucket
+// is forgotten starts again with a full one, which costs at most one burst.
 func (l *limits) sweep(now time.Time) {
+	if len(l.nets) >= maxNetBuckets {
+		for k := range l.nets {
+			delete(l.nets, k)
+			if len(l.nets) < maxNetBuckets*7/8 {
+				break
+			}
+		}
+	}
 	if len(l.nets) < 1024 || now.Sub(l.swept) < time.Minute {
 		return
 	}

@@ -25,6 +25,16 @@ var (
 	errBadHelo             = reply(501, 5, 5, 2, "Invalid EHLO/HELO argument")
 	errBadSender           = reply(501, 5, 1, 7, "Bad sender address syntax")
 	errBadRecipient        = reply(501, 5, 1, 3, "Bad destination mailbox address syntax")
+	errAuthLocked          = reply(454, 4, 7, 0, "Too many failed authentications, try again later")
+	errAuthBusy            = reply(454, 4, 7, 0, "Server busy, try again later")
+	errUserGone            = reply(530, 5, 7, 0, "Authentication required: the authenticated user is no longer configured")
+	// RFC 5321 §4.5.3.1.3 and §4.5.3.1.1.
+	errPathTooLong      = reply(501, 5, 1, 3, fmt.Sprintf("Path too long (limit %d octets)", maxPath))
+	errLocalPartTooLong = reply(501, 5, 1, 3, fmt.Sprintf("Local part too long (limit %d octets)", maxLocalPart))
+	errBareNewline      = reply(550, 5, 6, 0, "bare CR/LF not allowed")
+	errDataTimeout      = reply(421, 4, 4, 2, "Timeout reading message data, closing connection")
+	errTooManyConns     = reply(421, 4, 7, 0, "Too many connections, try again later")
+	errTooManyConnsIP   = reply(421, 4, 7, 0, "Too many connections from your address, try again later")
 	// go-smtp caps a line at maxLineLength octets, its CRLF included; it closes the
 	// connection after this reply.
 	errLineTooLong = reply(500, 5, 6, 0, fmt.Sprintf("Line too long (limit %d octets), closing connection", maxLineLength-2))
@@ -114,6 +124,24 @@ func validText(s string) bool {
 // local part (RFC 5321 §4.1.2, with UTF-8 per RFC 6531) and a domain or address literal;
 // go-smtp returns a quoted local part ("a b"@x) unquoted, which could not be sent on
 // unchanged, so a local part that needed quoting is refused too.
+// RFC 5321 §4.5.3.1: a path is at most 256 octets with its angle brackets, a local part 64.
+const (
+	maxPath      = 256
+	maxLocalPart = 64
+)
+
+// addressLimit returns the reply for an address (without its angle brackets) over the
+// RFC 5321 size limits, or nil.
+func addressLimit(addr string) *smtp.SMTPError {
+	if len(addr)+2 > maxPath {
+		return errPathTooLong
+	}
+	if at := strings.LastIndexByte(addr, '@'); at > maxLocalPart {
+		return errLocalPartTooLong
+	}
+	return nil
+}
+
 func validAddress(addr string) bool {
 	at := strings.LastIndexByte(addr, '@')
 	if at <= 0 || at == len(addr)-1 || !validText(addr) {

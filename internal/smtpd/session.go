@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -32,7 +33,8 @@ type session struct {
 	ip       netip.Addr
 	tls      bool
 	loopback bool
-	allowed  bool // ip is in allow_networks
+	trusted  bool // ip is the client's own address (not a PROXY header without one)
+	allowed  bool // ip is in allow_networks (as the session began: see current)
 
 	// mu guards what follows: with BDAT, go-smtp runs Data on its own goroutine while the
 	// connection's goroutine may call Reset or Logout.
@@ -73,6 +75,7 @@ func (s *Server) newSession(g *generation, sc *smtp.Conn) (smtp.Session, error) 
 		ip:       ip,
 		tls:      isTLS,
 		loopback: trusted && s.isLoopback(ip),
+		trusted:  trusted,
 		allowed:  trusted && inPrefixes(ip, g.cfg.SMTP.Networks),
 	}, nil
 }
@@ -138,21 +141,32 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if !validText(s.sc.Hostname()) {
 		return errBadHelo
 	}
-	if from != "" && !validAddress(from) {
-		return errBadSender
+	if from != "" {
+		if r := addressLimit(from); r != nil {
+			s.logger().Info("smtp mail rejected", "from", clip(from), "code", r.Code, "reason", r.Message)
+			return r
+		}
+		if !validAddress(from) {
+			return errBadSender
+		}
 	}
 	s.mu.Lock()
-	inTx, u := s.inTx, s.user
+	inTx := s.inTx
 	s.mu.Unlock()
 	if inTx {
 		return errNestedMail
 	}
-	if u == nil && !s.allowed {
+	u, allowed, cur, err := s.current()
+	if err != nil {
+		s.logger().Warn("smtp mail rejected", "from", clip(from), "code", 530, "reason", "user removed by a reload")
+		return err
+	}
+	if u == nil && !allowed {
 		reason := "not authenticated, not in allow_networks"
 		if s.c.noClient {
 			reason = "not authenticated, PROXY header without a client address"
 		}
-		s.logger().Info("smtp mail rejected", "from", from, "code", 530, "reason", reason)
+		s.logger().Info("smtp mail rejected", "from", clip(from), "code", 530, "reason", reason)
 		return errAuthRequired
 	}
 	var name string
@@ -160,8 +174,8 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if u != nil {
 		name, userRate = u.name, u.rate
 	}
-	if which := s.srv.limits.allow(s.srv.now(), name, userRate, networkKey(s.ip), s.g.cfg.SMTP.NetworkLimit); which != "" {
-		s.logger().Warn("smtp mail rejected", "from", from, "code", 451, "reason", which+" rate limit")
+	if which := s.srv.limits.allow(s.srv.now(), name, userRate, networkKey(s.ip), cur.cfg.SMTP.NetworkLimit); which != "" {
+		s.logger().Warn("smtp mail rejected", "from", clip(from), "code", 451, "reason", which+" rate limit")
 		return errRateLimited
 	}
 	s.mu.Lock()
@@ -174,6 +188,10 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if s.c.kicked.Load() {
 		return errTooManyAuthFailures
+	}
+	if r := addressLimit(to); r != nil {
+		s.logger().Info("smtp rcpt rejected", "to", clip(to), "code", r.Code, "reason", r.Message)
+		return r
 	}
 	if !validAddress(to) {
 		return errBadRecipient
@@ -197,7 +215,7 @@ func (s *session) Data(r io.Reader) error {
 		return errTooManyAuthFailures
 	}
 	s.mu.Lock()
-	from, to, u := s.from, slices.Clone(s.to), s.user
+	from, to := s.from, slices.Clone(s.to)
 	s.mu.Unlock()
 
 	buf := s.srv.getBuf()
@@ -215,9 +233,28 @@ func (s *session) Data(r io.Reader) error {
 			reply = errLineTooLong
 		case errors.As(err, new(*smtp.SMTPError)):
 			reply = toSMTP(err)
+		case isTimeout(err):
+			// A client silent mid-message: the rest of its data cannot be told from the
+			// next command, so the connection ends after the reply.
+			reply = errDataTimeout
+			s.c.kicked.Store(true)
 		}
 		s.logger().Info("smtp data rejected", "from", from, "code", reply.Code, "err", err)
 		return reply
+	}
+	// The user may have been removed, or the client's network taken out of allow_networks,
+	// by a reload since MAIL.
+	u, allowed, _, err := s.current()
+	if err == nil && u == nil && !allowed {
+		err = errAuthRequired
+	}
+	if err != nil {
+		s.logger().Warn("smtp data rejected", "from", from, "code", 530, "reason", "no longer authorized after a reload")
+		return err
+	}
+	if s.g.bareReject && hasBareNewline(buf.Bytes()) {
+		s.logger().Info("smtp data rejected", "from", from, "code", 550, "reason", "bare CR or LF")
+		return errBareNewline
 	}
 
 	now := s.srv.now()
@@ -226,7 +263,7 @@ func (s *session) Data(r io.Reader) error {
 		ClientIP:       s.ip,
 		Helo:           s.sc.Hostname(),
 		TLS:            s.tls,
-		NetworkAllowed: s.allowed,
+		NetworkAllowed: allowed,
 		From:           from,
 		To:             to,
 		Data:           buf.Bytes(),
@@ -255,6 +292,42 @@ func (s *session) Data(r io.Reader) error {
 	// go-smtp answers each command in order on the connection's goroutine.
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: text}
 }
+
+// current returns the session's user and network trust under the configuration in force
+// now: a reload applies to sessions already open (SPEC §3), so a user removed from
+// [[users]] (or whose password changed) cannot start another message on a session that
+// authenticated before, and a network removed from allow_networks loses its trust.
+func (s *session) current() (u *user, allowed bool, g *generation, err error) {
+	g = s.srv.cur.Load()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	allowed = s.trusted && inPrefixes(s.ip, g.cfg.SMTP.Networks)
+	if s.user == nil {
+		return nil, allowed, g, nil
+	}
+	now, ok := g.users[s.user.name]
+	if !ok || !bytes.Equal(now.hash, s.user.hash) {
+		s.user = nil
+		return nil, allowed, g, errUserGone
+	}
+	s.user = &now // its unit and rate as they are now
+	return s.user, allowed, g, nil
+}
+
+// hasBareNewline reports whether b holds a CR not followed by LF or an LF not preceded by
+// CR: then the CRs, the LFs and the CRLFs would not all be equal in number.
+func hasBareNewline(b []byte) bool {
+	pairs := bytes.Count(b, []byte("\r\n"))
+	return bytes.Count(b, []byte("\n")) != pairs || bytes.Count(b, []byte("\r")) != pairs
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// clip bounds a client-supplied value quoted in a log line (SPEC §7).
+func clip(s string) string { return truncate(s, 256) }
 
 func (s *session) Reset() {
 	s.mu.Lock()

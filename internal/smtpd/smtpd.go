@@ -51,10 +51,26 @@ type Handler interface {
 
 // Defaults for zero values in a Config built by hand (config.Load fills the same ones).
 const (
-	defaultMaxMessageBytes = 26214400
-	defaultMaxRecipients   = 100
-	defaultTimeout         = 5 * time.Minute
+	defaultMaxMessageBytes  = 26214400
+	defaultMaxRecipients    = 100
+	defaultTimeout          = 5 * time.Minute
+	defaultMaxConnections   = 1000
+	defaultMaxConnectionsIP = 50
+	defaultAuthFailures     = 5
 )
+
+// Per-connection caps against clients that hold a connection without using it: a session
+// lasts at most maxSessionLifetime and may send at most maxCommands commands (Exim's
+// default is 1000 messages a connection; a message costs about five commands). Past
+// either the client gets a 421 and reconnects.
+const (
+	maxSessionLifetime = time.Hour
+	maxCommands        = 10000
+)
+
+// maxCommandLine is RFC 5321 §4.5.3.1.4's limit for a command line, CRLF included; longer
+// ones get 500 5.5.2 and are discarded (go-smtp patch, third_party/go-smtp.patch).
+const maxCommandLine = 512
 
 // maxLineLength is go-smtp's Server.MaxLineLength: 1 MiB instead of its default 2000. RFC
 // 5321 §4.5.3.1.6 allows 1000 octets per line, but applications routinely send longer ones
@@ -84,10 +100,14 @@ type Server struct {
 	isLoopback func(netip.Addr) bool            // AUTH without TLS is always allowed on loopback
 	authDelay  func(failures int) time.Duration // wait before answering a failed AUTH
 
+	compare  func(hash, password []byte) error // bcrypt.CompareHashAndPassword
+	lifetime time.Duration                     // maxSessionLifetime
+	maxCmds  int                               // maxCommands
+
 	reload sync.Mutex // serialises SetConfig
 	cur    atomic.Pointer[generation]
 	limits *limits
-	fails  *failures
+	guard  *authGuard
 	bufs   sync.Pool // *bytes.Buffer for DATA, reused across messages
 
 	// ctx is the parent of every Handle context; cancelled when Shutdown gives up waiting.
@@ -99,7 +119,8 @@ type Server struct {
 	done      chan struct{} // closed by Shutdown
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
-	implicit  int // running ServeTLS loops: a reload may not drop the certificate under them
+	perIP     map[netip.Prefix]int // open connections by client (failKey), after PROXY headers
+	implicit  int                  // running ServeTLS loops: a reload may not drop the certificate under them
 	wg        sync.WaitGroup
 }
 
@@ -118,11 +139,15 @@ func New(cfg *config.Config, h Handler, log *slog.Logger) (*Server, error) {
 		now:        time.Now,
 		isLoopback: netip.Addr.IsLoopback,
 		authDelay:  defaultAuthDelay,
+		compare:    bcrypt.CompareHashAndPassword,
+		lifetime:   maxSessionLifetime,
+		maxCmds:    maxCommands,
 		limits:     newLimits(),
-		fails:      newFailures(failWindow),
+		guard:      newAuthGuard(failWindow),
 		done:       make(chan struct{}),
 		listeners:  map[net.Listener]struct{}{},
 		conns:      map[*conn]struct{}{},
+		perIP:      map[netip.Prefix]int{},
 	}
 	g, err := s.newGeneration(cfg, nil)
 	if err != nil {
@@ -160,8 +185,10 @@ func (s *Server) SetConfig(cfg *config.Config) error {
 	}
 	s.cur.Store(g)
 	s.mu.Unlock()
-	// The old generation's go-smtp loop stops accepting; its connections run to their end.
+	// The old generation's go-smtp loop stops accepting; its connections run to their end
+	// (but see session.current: they send as the users of the new one).
 	old.ln.Close()
+	s.guard.forget(func(name string) bool { _, ok := g.users[name]; return ok })
 	return nil
 }
 
@@ -258,32 +285,73 @@ func (s *Server) serve(ln net.Listener, implicitTLS bool) error {
 			return fmt.Errorf("smtpd: accept on %s: %w", ln.Addr(), err)
 		}
 		delay = 0
-		c := &conn{Conn: raw, srv: s}
-		if !s.track(c) {
+		// Deadlines are wall-clock time, not s.now (which tests move).
+		c := &conn{Conn: raw, srv: s, expires: time.Now().Add(s.lifetime)}
+		switch s.track(c) {
+		case errServerClosed:
 			raw.Close()
 			return nil
+		case errTooManyConns:
+			go s.refuse(raw, errTooManyConns, implicitTLS)
+			continue
 		}
 		go s.dispatch(c, implicitTLS)
 	}
 }
 
-// track registers c for Shutdown; false when the server is closing.
-func (s *Server) track(c *conn) bool {
+var errServerClosed = errors.New("closed")
+
+// track registers c for Shutdown and counts it against max_connections.
+func (s *Server) track(c *conn) error {
+	limit := s.cur.Load().maxConns
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return false
+		return errServerClosed
+	}
+	if len(s.conns) >= limit {
+		return errTooManyConns
 	}
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
+	return nil
+}
+
+// trackIP counts c against max_connections_per_ip, once its client address is known.
+func (s *Server) trackIP(c *conn, limit int) bool {
+	key := failKey(c.remote.Addr())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perIP[key] >= limit {
+		return false
+	}
+	s.perIP[key]++
+	c.ipKey, c.counted = key, true
 	return true
 }
 
 func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	if c.counted {
+		if s.perIP[c.ipKey]--; s.perIP[c.ipKey] <= 0 {
+			delete(s.perIP, c.ipKey)
+		}
+	}
 	s.mu.Unlock()
 	s.wg.Done()
+}
+
+// refuse answers a connection over a limit with a 421 greeting (RFC 5321 §3.1) and closes
+// it. Over implicit TLS it is closed without a word: a reply needs a TLS handshake first,
+// which is the very work the limit saves.
+func (s *Server) refuse(nc net.Conn, reply *smtp.SMTPError, implicitTLS bool) {
+	defer nc.Close()
+	if implicitTLS {
+		return
+	}
+	nc.SetWriteDeadline(time.Now().Add(time.Second))
+	fmt.Fprintf(nc, "%d %d.%d.%d %s\r\n", reply.Code, reply.EnhancedCode[0], reply.EnhancedCode[1], reply.EnhancedCode[2], reply.Message)
 }
 
 // dispatch reads a PROXY header when the peer is a trusted load balancer, then hands the
@@ -299,6 +367,13 @@ func (s *Server) dispatch(c *conn, implicitTLS bool) {
 			c.Close()
 			return
 		}
+	}
+	if !s.trackIP(c, g.maxConnsIP) {
+		s.log.Warn("smtp connection refused", "client", c.remote.Addr().String(), "code", 421,
+			"reason", "max_connections_per_ip", "limit", g.maxConnsIP)
+		s.refuse(c.Conn, errTooManyConnsIP, implicitTLS)
+		c.Close()
+		return
 	}
 	for {
 		var nc net.Conn = c
@@ -339,6 +414,11 @@ type generation struct {
 	dummyCost int
 	maxBytes  int64
 	timeout   time.Duration
+
+	maxConns     int
+	maxConnsIP   int
+	authFailures int
+	bareReject   bool // smtp.bare_newline = "reject"
 }
 
 type user struct {
@@ -363,6 +443,11 @@ func (s *Server) newGeneration(cfg *config.Config, prev *generation) (*generatio
 		maxBytes: cfg.SMTP.MaxMessageBytes,
 		timeout:  cfg.SMTP.Timeout.Duration,
 		ln:       newChanListener(),
+
+		maxConns:     orDefault(cfg.SMTP.MaxConnections, defaultMaxConnections),
+		maxConnsIP:   orDefault(cfg.SMTP.MaxConnectionsIP, defaultMaxConnectionsIP),
+		authFailures: orDefault(cfg.SMTP.AuthFailures, defaultAuthFailures),
+		bareReject:   cfg.SMTP.BareNewline == "reject",
 	}
 	if g.maxBytes <= 0 {
 		g.maxBytes = defaultMaxMessageBytes
@@ -405,6 +490,8 @@ func (s *Server) newGeneration(cfg *config.Config, prev *generation) (*generatio
 	srv.MaxMessageBytes = g.maxBytes
 	srv.MaxRecipients = maxRcpt
 	srv.MaxLineLength = maxLineLength
+	srv.MaxCommandLineLength = maxCommandLine
+	srv.MaxCommands = s.maxCmds
 	srv.ReadTimeout = g.timeout
 	srv.WriteTimeout = g.timeout
 	srv.EnableSMTPUTF8 = true
@@ -418,6 +505,13 @@ func (s *Server) newGeneration(cfg *config.Config, prev *generation) (*generatio
 	// served (or a generation replaced before use) leaves no goroutine behind.
 	g.ln.onFirst = func() { go srv.Serve(g.ln) }
 	return g, nil
+}
+
+func orDefault(v, def int) int {
+	if v <= 0 {
+		return def
+	}
+	return v
 }
 
 func loadTLS(cfg *config.Config) (*tls.Config, error) {

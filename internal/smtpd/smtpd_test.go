@@ -308,8 +308,10 @@ func TestSmuggling(t *testing.T) {
 		{name: "LF . LF", seq: "\n.\n"},
 		{name: "CR . CR", seq: "\r.\r"},
 		{name: "bare LF before the dot", seq: "line\n.\r\nMAIL"},
-		{name: "CRLF . LF", seq: "\r\n.\n", kept: "\r\n\n"},         // the dot at a line start is unstuffed
-		{name: "CRLF . CR LF-less", seq: "\r\n.\rX", kept: "\r\nX"}, // go-smtp drops ".\r" there, as net/textproto does
+		{name: "CRLF . LF", seq: "\r\n.\n", kept: "\r\n\n"},           // the dot at a line start is unstuffed
+		{name: "CRLF . CR LF-less", seq: "\r\n.\rX", kept: "\r\n\rX"}, // the dot is unstuffed, the CR kept (patched go-smtp)
+		{name: "CR CR LF . CR X", seq: "\r\r\n.\rX", kept: "\r\r\n\rX"},
+		{name: "CR . CR LF", seq: "\r.\r\n"},
 	}
 	const smuggled = "MAIL FROM:<evil@attacker.example>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n"
 	for _, tt := range tests {
@@ -464,8 +466,10 @@ func TestSetConfig(t *testing.T) {
 	next.Users = nil
 	require.NoError(t, f.srv.SetConfig(next))
 
-	// The open connection keeps its configuration: its user and its size limit.
-	require.NoError(t, before.Auth(sasl.NewPlainClient("", "crm", testPassword)))
+	// The open connection keeps its protocol limits (its size limit), but not the users
+	// the reload removed (TestReloadRevokesUser).
+	code, _ := smtpCode(t, before.Auth(sasl.NewPlainClient("", "crm", testPassword)))
+	require.Equal(t, 535, code)
 	_, err := sendMail(t, before, "a@example.com", []string{"b@example.net"}, testBody+strings.Repeat(strings.Repeat("x", 98)+"\r\n", 20))
 	require.NoError(t, err)
 
@@ -475,7 +479,7 @@ func TestSetConfig(t *testing.T) {
 	ok, _ := after.Extension("AUTH")
 	require.False(t, ok, "no users, no AUTH")
 	_, err = sendMail(t, after, "a@example.com", []string{"b@example.net"}, testBody+strings.Repeat(strings.Repeat("x", 98)+"\r\n", 20))
-	code, _ := smtpCode(t, err)
+	code, _ = smtpCode(t, err)
 	require.Equal(t, 552, code)
 
 	// A bad configuration changes nothing.

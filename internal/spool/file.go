@@ -39,11 +39,53 @@ const (
 
 	// magic starts every message file; the number is the format version.
 	magic = "RELAY-SPOOL-1 "
-	// maxEnvelopeLine bounds the first line of a message file, so a damaged file cannot
-	// make Open or List read a whole message as the envelope. 1000 recipients of 254
-	// octets, JSON-quoted, fit.
+	// maxEnvelopeLine bounds the first line of a message file and a segment's record
+	// header, line end included, so a damaged file cannot make Open or List read a whole
+	// message as the envelope. MaxRecipients addresses of the longest path SMTP allows
+	// (RFC 5321 §4.5.3.1: 64 octets of local part, 256 of path), JSON-quoted, fit; Submit
+	// refuses a longer line (ErrEnvelopeTooLarge) rather than write what Open would skip.
 	maxEnvelopeLine = 1 << 20
 )
+
+// MaxRecipients is the most recipients a message may have in the spool (RFC 5321
+// §4.5.3.1.8 asks for at least 100). Submit refuses more with ErrTooManyRecipients, and the
+// readers take more as damage. The SMTP front end's max_recipients should not exceed it,
+// so that a client learns it at RCPT time rather than after DATA.
+const MaxRecipients = 1000
+
+// Refusals of Submit for an envelope the spool cannot hold, before anything is written.
+// They come wrapped in an *Error, whose SMTPReply answers with theirs.
+var (
+	// ErrTooManyRecipients: temporary, the client may send again to fewer recipients.
+	ErrTooManyRecipients error = &refusal{452, [3]int{4, 5, 3}, fmt.Sprintf("Too many recipients (at most %d per message)", MaxRecipients)}
+	// ErrEnvelopeTooLarge: the envelope (the addresses) does not fit a header line.
+	ErrEnvelopeTooLarge error = &refusal{552, [3]int{5, 3, 4}, "Envelope too large for the spool (addresses too long)"}
+)
+
+// refusal is an envelope refused for a limit, with the reply for the client.
+type refusal struct {
+	code int
+	enh  [3]int
+	msg  string
+}
+
+func (r *refusal) Error() string                    { return r.msg }
+func (r *refusal) SMTPReply() (int, [3]int, string) { return r.code, r.enh, r.msg }
+
+// checkEnvelope holds the limits that every reader (segment records, message files)
+// enforces on an envelope and that the writer checks before it writes one; the line length
+// is checked where the line is encoded or read.
+func checkEnvelope(env envelope) error {
+	switch {
+	case len(env.To) == 0:
+		return errors.New("envelope without recipients")
+	case len(env.To) > MaxRecipients:
+		return fmt.Errorf("%w: %d", ErrTooManyRecipients, len(env.To))
+	case env.Size < 0:
+		return errors.New("envelope with a negative size")
+	}
+	return nil
+}
 
 // envelope is the first line of a message file, after magic.
 type envelope struct {
@@ -156,13 +198,21 @@ func statePath(dir, id string) string { return filepath.Join(dir, id+stateSuffix
 
 // encodeEnvelope returns the first line of a message file.
 func encodeEnvelope(env envelope) ([]byte, error) {
+	if err := checkEnvelope(env); err != nil {
+		return nil, err
+	}
 	line := make([]byte, 0, 256)
 	line = append(line, magic...)
 	line, err := appendEnvelopeJSON(line, env) // JSON escapes CR and LF: the line stays one line
 	if err != nil {
 		return nil, err
 	}
-	return append(line, '\n'), nil
+	line = append(line, '\n')
+	if len(line) > maxEnvelopeLine {
+		// Not when the record header of the same envelope fitted: this line is shorter.
+		return nil, fmt.Errorf("%w: an envelope of %d octets, the limit is %d", ErrEnvelopeTooLarge, len(line), maxEnvelopeLine)
+	}
+	return line, nil
 }
 
 // appendEnvelopeJSON appends env as encoding/json marshals it. Every submission encodes
@@ -235,13 +285,7 @@ func parseEnvelope(line []byte) (envelope, error) {
 	if err := json.Unmarshal(rest, &env); err != nil {
 		return env, fmt.Errorf("envelope: %w", err)
 	}
-	if len(env.To) == 0 {
-		return env, errors.New("envelope without recipients")
-	}
-	if env.Size < 0 {
-		return env, errors.New("envelope with a negative size")
-	}
-	return env, nil
+	return env, checkEnvelope(env)
 }
 
 // errTruncated is a message file without a whole envelope line.

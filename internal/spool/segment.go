@@ -26,7 +26,8 @@ import (
 // file of its own (ID.msg, see file.go), so that a long wait never pins a segment.
 //
 //	seg-SEGID.log   records: a header line (segMagic, then the envelope as JSON with the
-//	                message id, the segment id and the CRC-32C of the message), then the
+//	                segment id, the message id and the CRC-32C of the message, then a
+//	                space and the CRC-32C of the line so far in 8 hex digits), then the
 //	                message; appended only by the running server
 //	seg-SEGID.done  ids of the segment's messages that are done (delivered, bounced, moved
 //	                to a file of their own, or deleted), one per line
@@ -34,21 +35,26 @@ import (
 //
 // A record is acknowledged (Submit returns) once its batch's fdatasync is done; records
 // that follow an acknowledged one are only ever later batches. After a crash the segment
-// is read up to its end: a record whose header does not parse, names another segment (the
-// old content of a recycled file) or whose checksum fails is skipped, and reading resumes
-// at the next header that is valid.
+// is read up to its end: a record whose header does not parse or fails its own checksum,
+// names another segment (the old content of a recycled file) or whose message fails its
+// checksum is skipped, and reading resumes at the next header that is valid.
 //
 // Done records are written without a sync: losing one in a power failure can only deliver
 // a message twice (at-least-once), never lose one. A segment whose every message is done
-// and that no longer takes new records is retired: its done file is removed and the log is
-// kept as a spare, or removed when enough are kept. Writing over a spare's allocated blocks
-// costs its fdatasync no block allocation: half the CPU of appending to a new file here.
+// and that no longer takes new records is retired: the log is kept as a spare, or removed
+// when enough are kept, and then, the directory synced, its done file is removed. Writing
+// over a spare's allocated blocks costs its fdatasync no block allocation: half the CPU of
+// appending to a new file here.
 const (
 	segPrefix  = "seg-"
 	segSuffix  = ".log"
 	doneSuffix = ".done"
 	sparePfx   = tmpPrefix + "spare-"
-	segMagic   = "RELAY-SEG-1 "
+	segMagic   = "RELAY-SEG-2 "
+	// segMagicV1 began the records of the format without a header checksum. They are not
+	// read: Open and the admin commands refuse a spool that has such a segment rather
+	// than drop its messages (see scanSegments).
+	segMagicV1 = "RELAY-SEG-1 "
 
 	// defaultSegMax is where a segment stops taking records (the last may end past it).
 	defaultSegMax = 16 << 20
@@ -217,7 +223,7 @@ func (s *Spool) writeBatch(batch []*record) error {
 	bufs := make([][]byte, 0, 2*len(batch))
 	off := w.off
 	for _, r := range batch {
-		copy(r.hdr[segIDPos:segIDPos+len(noSeg)], seg.id)
+		sealRecordHeader(r.hdr, seg.id)
 		r.seg = seg
 		r.off = off + int64(len(r.hdr))
 		off += int64(len(r.hdr) + len(r.data))
@@ -366,9 +372,10 @@ func (s *Spool) unlinkLocked(seg *segment) bool {
 	return seg.live == 0 && !seg.current
 }
 
-// retire removes a segment whose messages are all done, keeping its log as a spare. A
-// crash before the directory is synced can bring the segment back; its done file says
-// what was done, and the rest is delivered again.
+// retire removes a segment whose messages are all done, keeping its log as a spare. The
+// log goes first and the directory is synced before the done file goes: a crash (a power
+// failure too) can leave a done file without its log, which Open removes, never the log
+// without its done file, which would deliver every message of the segment again.
 func (s *Spool) retire(seg *segment) {
 	var size int64
 	if fi, err := seg.f.Stat(); err == nil {
@@ -381,8 +388,6 @@ func (s *Spool) retire(seg *segment) {
 	// Open and the admin commands read segments whole.
 	keep := len(s.spares) < maxSpares && !s.closed && size <= 2*defaultSegMax
 	s.mu.Unlock()
-	// The log goes first: a done file left without its log at a crash is removed by Open,
-	// while a log left without its done file would be delivered again, all of it.
 	moved := false
 	if keep {
 		spare := filepath.Join(s.o.Dir, sparePfx+seg.id)
@@ -396,7 +401,14 @@ func (s *Spool) retire(seg *segment) {
 	if !moved {
 		if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			s.log.Error("spool: remove segment", "segment", seg.id, "err", err)
+			return // and the done file stays with it
 		}
+	}
+	// Unsynced, the two removals may reach the disk in either order. One fsync per
+	// retired segment (16 MiB of messages).
+	if err := s.syncDir(); err != nil {
+		s.log.Error("spool: sync directory; done file of a retired segment kept for the next start", "segment", seg.id, "err", err)
+		return
 	}
 	os.Remove(donePath(s.o.Dir, seg.id))
 }
@@ -419,8 +431,21 @@ var segIDPos = len(segMagic) + len(`{"seg":"`)
 
 const noSeg = "0000000000000000"
 
-// encodeRecordHeader returns the header line of a record, for no segment yet.
+// hdrSumLen is the header's own checksum at the end of its line: a space and the CRC-32C of
+// the line before it (magic, segment id and envelope) in 8 lowercase hex digits. The
+// message's CRC in the envelope says nothing about the envelope itself: without this, a
+// flipped bit in a recipient or the sender delivered the message to someone else, and one
+// in "size" could swallow the next record.
+const hdrSumLen = 1 + 8
+
+// encodeRecordHeader returns the header line of a record, for no segment yet, and refuses
+// an envelope that parseRecord would refuse (an *Error's refusal: too many recipients, or
+// a line over maxEnvelopeLine): it is checked before anything is written, so that nothing
+// acknowledged is dropped at the next start.
 func encodeRecordHeader(env envelope) ([]byte, error) {
+	if err := checkEnvelope(env); err != nil {
+		return nil, err
+	}
 	env.Seg = noSeg
 	line := make([]byte, 0, 256)
 	line = append(line, segMagic...)
@@ -428,7 +453,30 @@ func encodeRecordHeader(env envelope) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append(line, '\n'), nil
+	line = append(line, " 00000000\n"...)
+	if len(line) > maxEnvelopeLine {
+		return nil, fmt.Errorf("%w: a record header of %d octets, the limit is %d", ErrEnvelopeTooLarge, len(line), maxEnvelopeLine)
+	}
+	return line, nil
+}
+
+// sealRecordHeader writes the segment id and then the header's checksum into hdr, a line
+// from encodeRecordHeader.
+func sealRecordHeader(hdr []byte, segID string) {
+	copy(hdr[segIDPos:segIDPos+len(noSeg)], segID)
+	end := len(hdr) - 1 // the line end
+	putHeaderSum(hdr[end-8:end], hdr[:end-hdrSumLen])
+}
+
+// putHeaderSum writes the checksum of line into dst (8 octets), in lowercase hex: the
+// reader compares octets, so an upper-case digit is damage too.
+func putHeaderSum(dst, line []byte) {
+	const digits = "0123456789abcdef"
+	c := checksum(line)
+	for i := 7; i >= 0; i-- {
+		dst[i] = digits[c&0xf]
+		c >>= 4
+	}
 }
 
 // segRecord is a record found in a segment.
@@ -439,18 +487,27 @@ type segRecord struct {
 	data []byte // the message, within the segment's bytes
 }
 
-// parseRecord parses the record at the start of b, which belongs to segment segID.
+// parseRecord parses the record at the start of b, which belongs to segment segID. The
+// header's own checksum is checked before its JSON is looked at.
 func parseRecord(b []byte, segID string) (segRecord, error) {
 	i := bytes.IndexByte(b[:min(len(b), maxEnvelopeLine)], '\n')
 	if i < 0 {
 		return segRecord{}, errTruncated
 	}
-	rest, ok := bytes.CutPrefix(b[:i], []byte(segMagic))
-	if !ok {
+	line := b[:i]
+	if !bytes.HasPrefix(line, []byte(segMagic)) || len(line) < len(segMagic)+hdrSumLen {
 		return segRecord{}, errors.New("not a record header")
 	}
+	var sum [8]byte
+	putHeaderSum(sum[:], line[:i-hdrSumLen])
+	if line[i-hdrSumLen] != ' ' || !bytes.Equal(line[i-8:], sum[:]) {
+		return segRecord{}, errors.New("record header checksum mismatch")
+	}
 	var env envelope
-	if err := json.Unmarshal(rest, &env); err != nil {
+	if err := json.Unmarshal(line[len(segMagic):i-hdrSumLen], &env); err != nil {
+		return segRecord{}, fmt.Errorf("record header: %w", err)
+	}
+	if err := checkEnvelope(env); err != nil {
 		return segRecord{}, fmt.Errorf("record header: %w", err)
 	}
 	switch {
@@ -458,9 +515,7 @@ func parseRecord(b []byte, segID string) (segRecord, error) {
 		return segRecord{}, fmt.Errorf("a record of segment %q", env.Seg)
 	case validID(env.ID) != nil:
 		return segRecord{}, fmt.Errorf("record id %q", env.ID)
-	case len(env.To) == 0:
-		return segRecord{}, errors.New("record without recipients")
-	case env.Size < 0 || env.Size > len(b)-i-1:
+	case env.Size > len(b)-i-1:
 		return segRecord{}, errors.New("record longer than the segment")
 	}
 	data := b[i+1 : i+1+env.Size]
@@ -514,6 +569,13 @@ func readDone(dir, segID string) (map[string]bool, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Only whole lines: what follows the last line end is a write cut short, which may be
+	// the start of another id ("m1" of "m12"), and taking it would drop a message.
+	if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+		b = b[:i]
+	} else {
+		b = nil
+	}
 	for line := range bytes.SplitSeq(b, []byte("\n")) {
 		if validID(string(line)) == nil {
 			done[string(line)] = true
@@ -551,6 +613,11 @@ func scanSegments(dir string, names []string, log func(segID string, damaged int
 		}
 		if err != nil {
 			return nil, nil, err
+		}
+		if bytes.HasPrefix(b, []byte(segMagicV1)) {
+			// Not read, and not to be dropped as damage either: its messages were
+			// acknowledged by an earlier build.
+			return nil, nil, fmt.Errorf("%s: a segment of an earlier spool format (%q, without header checksums): deliver it with the relay that wrote it, or move it away", segPath(dir, id), strings.TrimSpace(segMagicV1))
 		}
 		recs, damaged := parseSegment(b, id)
 		if damaged > 0 && log != nil {

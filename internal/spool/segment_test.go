@@ -2,7 +2,10 @@ package spool
 
 import (
 	"bytes"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -34,9 +37,10 @@ func TestCommitDelay(t *testing.T) {
 	}
 }
 
-// FuzzParseSegment: whatever a segment holds, reading it never panics, every record it
-// returns is whole (its checksum holds) and in place, and the records of a segment come
-// back whatever junk surrounds them.
+// FuzzParseSegment: whatever a segment holds, reading it never panics and every record it
+// returns is whole and in place; a record of any envelope the writer takes comes back as
+// it went in, whatever junk surrounds it (and so does the same envelope in a message file,
+// where a deferred message moves); and its header with any one octet changed is refused.
 func FuzzParseSegment(f *testing.F) {
 	const id = "00000000000000ab"
 	rec := func(mid string, data string) []byte {
@@ -44,15 +48,27 @@ func FuzzParseSegment(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		copy(h[segIDPos:], id)
+		sealRecordHeader(h, id)
 		return append(h, data...)
 	}
-	two := append(rec("m1", "hello\r\n"), rec("m2", "RELAY-SEG-1 {}\r\n")...)
-	f.Add(two, []byte(""))
-	f.Add([]byte("junk"), []byte("RELAY-SEG-1 {\"seg\":\"00000000000000ab\""))
-	f.Add([]byte{}, two[:40])
-	f.Fuzz(func(t *testing.T, pre, post []byte) {
-		for _, b := range [][]byte{pre, append(append(slices.Clone(pre), two...), post...)} {
+	two := append(rec("m1", "hello\r\n"), rec("m2", segMagic+"{}\r\n")...)
+	f.Add(two, []byte(""), "alice@example.com", "bob@example.net\ncarol@example.org", []byte("Subject: x\r\n\r\nbody\r\n"), uint(0))
+	f.Add([]byte("junk"), []byte(segMagic+`{"seg":"`+id+`"`), "", "a\"b\\c@d", []byte(""), uint(77))
+	f.Add([]byte{}, two[:40], "ü@ö.de", "\x00\r\n", two, uint(1<<20))
+	f.Add(two[:len(two)-3], two[5:], "\xff", "", []byte("\n"), uint(12345))
+	f.Fuzz(func(t *testing.T, pre, post []byte, from, to string, data []byte, flip uint) {
+		env := envelope{ID: "m3", From: rawString(from), To: strings.Split(to, "\n"), Received: time.Unix(1700000000, 5).UTC(), Size: len(data), CRC: checksum(data)}
+		hdr, err := encodeRecordHeader(env)
+		if err != nil {
+			// Submit refuses it before writing, with a reply.
+			var r interface{ SMTPReply() (int, [3]int, string) }
+			require.ErrorAs(t, err, &r)
+			return
+		}
+		sealRecordHeader(hdr, id)
+		one := append(slices.Clone(hdr), data...)
+		b := slices.Concat(pre, one, post)
+		for _, b := range [][]byte{pre, b} {
 			recs, damaged := parseSegment(b, id)
 			require.GreaterOrEqual(t, damaged, 0)
 			for _, r := range recs {
@@ -62,12 +78,36 @@ func FuzzParseSegment(f *testing.F) {
 				require.Equal(t, id, r.env.Seg)
 			}
 		}
-		recs, _ := parseSegment(append(append(slices.Clone(pre), two...), post...), id)
-		var ids []string
+
+		recs, _ := parseSegment(b, id)
+		var found []segRecord
 		for _, r := range recs {
-			ids = append(ids, r.env.ID)
+			if r.off == len(pre)+len(hdr) {
+				found = append(found, r)
+			}
 		}
-		require.Subset(t, ids, []string{"m1", "m2"}, "junk around the records never hides them")
+		require.Len(t, found, 1, "junk around a record never hides it")
+		got := found[0]
+		require.Equal(t, "m3", got.env.ID)
+		require.Equal(t, env.From, got.env.From)
+		require.Equal(t, env.To, got.env.To)
+		require.True(t, env.Received.Equal(got.env.Received))
+		require.Equal(t, data, got.data)
+		require.Equal(t, len(pre)+len(one), got.next)
+
+		env.ID = ""
+		line, err := encodeEnvelope(env)
+		require.NoError(t, err, "an envelope that fits a record header fits a message file")
+		fenv, fdata, err := splitMessage(append(line, data...))
+		require.NoError(t, err)
+		require.Equal(t, env.From, fenv.From)
+		require.Equal(t, env.To, fenv.To)
+		require.Equal(t, data, fdata)
+
+		bad := slices.Clone(one)
+		bad[flip%uint(len(hdr))] ^= 1 << (flip / uint(len(hdr)) % 8)
+		_, err = parseRecord(bad, id)
+		require.Error(t, err, "a header with a flipped bit at %d", flip%uint(len(hdr)))
 	})
 }
 
@@ -79,9 +119,26 @@ func TestParseSegmentQuotedHeaders(t *testing.T) {
 	data := []byte("Subject: x\r\n\r\n")
 	h, err := encodeRecordHeader(envelope{ID: "m1", From: "a@b", To: rawStrings{"c@d"}, Size: len(data), CRC: checksum(data)})
 	require.NoError(t, err)
-	copy(h[segIDPos:], id)
+	sealRecordHeader(h, id)
 	b := append(append(h, data...), bytes.Repeat([]byte(segMagic+`{"seg":"00000000000000aa"`), 1<<15)...)
 	recs, damaged := parseSegment(b, id)
 	require.Len(t, recs, 1)
 	require.Zero(t, damaged)
+}
+
+// A segment of the format before header checksums is neither read nor dropped as damage:
+// Open and the admin commands refuse the spool, saying which file and what to do.
+func TestEarlierSegmentFormatRefused(t *testing.T) {
+	e := newEnv(t)
+	const id = "00000000000000ab"
+	data := msg("old")
+	old := segMagicV1 + `{"seg":"` + id + `","id":"old","from":"a@b","to":["c@d"],"received":"2026-01-02T03:04:05Z","size":` +
+		strconv.Itoa(len(data)) + `,"crc":` + strconv.FormatUint(uint64(checksum(data)), 10) + "}\n"
+	require.NoError(t, os.WriteFile(segPath(e.dir, id), append([]byte(old), data...), 0o600))
+	_, err := Open(e.opts)
+	require.ErrorContains(t, err, "seg-"+id+".log: a segment of an earlier spool format")
+	_, err = List(e.dir)
+	require.ErrorContains(t, err, "earlier spool format")
+	_, err = os.Stat(segPath(e.dir, id))
+	require.NoError(t, err, "kept")
 }

@@ -147,7 +147,8 @@ func (m *message) pending() []string {
 }
 
 // Error is a failure to take a message into the spool. The client is asked to try again
-// later: 451 4.3.0, whatever the cause (full disk, permissions, a closed spool).
+// later: 451 4.3.0, whatever the cause (full disk, permissions, a closed spool), unless the
+// envelope itself is refused (ErrTooManyRecipients, ErrEnvelopeTooLarge).
 type Error struct {
 	ID  string
 	Err error
@@ -156,9 +157,14 @@ type Error struct {
 func (e *Error) Error() string { return fmt.Sprintf("spool %s: %v", e.ID, e.Err) }
 func (e *Error) Unwrap() error { return e.Err }
 
-// SMTPReply is the answer for the client: a temporary failure, so the message is retried
-// by the client and never lost (SPEC §7).
+// SMTPReply is the answer for the client: the refusal of an envelope the spool cannot
+// hold, or else a temporary failure, so the message is retried by the client and never
+// lost (SPEC §7).
 func (e *Error) SMTPReply() (int, [3]int, string) {
+	var r *refusal
+	if errors.As(e.Err, &r) {
+		return r.SMTPReply()
+	}
 	return 451, [3]int{4, 3, 0}, "cannot queue the message now, try again later"
 }
 
@@ -244,6 +250,12 @@ func Open(o Options) (*Spool, error) {
 
 // recover loads the directory into memory: message files first, then the segments'
 // messages that are not done and not in a file of their own.
+//
+// What it removes goes in the order the running server relies on, with the directory
+// synced where the order matters, so that a crash during recovery leaves a directory that
+// the next start recovers the same: a segment's log before its done file, a record marked
+// done (and synced) before the state and file of its message go, and the logs' removal
+// durable before any done file or state file goes.
 func (s *Spool) recover() error {
 	ents, err := os.ReadDir(s.o.Dir)
 	if err != nil {
@@ -252,6 +264,7 @@ func (s *Spool) recover() error {
 	now := s.o.Now()
 	var msgs []*message
 	hasMsg := map[string]bool{}
+	var finished []string // messages whose every recipient is done: their files go last
 	var names []string
 	for _, e := range ents {
 		name := e.Name()
@@ -283,13 +296,11 @@ func (s *Spool) recover() error {
 			}
 			continue
 		}
-		m, err := s.loaded(id, env)
-		if err != nil {
-			return err
-		}
 		hasMsg[id] = true
-		if m != nil {
+		if m := s.loaded(id, env); m != nil {
 			msgs = append(msgs, m)
+		} else {
+			finished = append(finished, id)
 		}
 	}
 
@@ -303,26 +314,33 @@ func (s *Spool) recover() error {
 	for _, id := range segIDs {
 		segs[id] = &segment{id: id, path: segPath(s.o.Dir, id)}
 	}
+	// superseded: records not to be delivered from their segment (the message is in a
+	// file of its own, or its state says it is done) but not marked done.
+	var superseded []segMessage
 	for mid, sm := range segMsgs {
 		if hasMsg[mid] {
-			continue // moved out of its segment: the file is the truth
-		}
-		m, err := s.loaded(mid, sm.rec.env)
-		if err != nil {
-			return err
+			// Moved out of its segment (the file is the truth) and the done record lost
+			// to a power failure.
+			superseded = append(superseded, sm)
+			continue
 		}
 		hasMsg[mid] = true
-		if m != nil {
-			seg := segs[sm.segID]
-			m.seg, m.off = seg, int64(sm.rec.off)
-			seg.live++
-			msgs = append(msgs, m)
+		m := s.loaded(mid, sm.rec.env)
+		if m == nil {
+			superseded = append(superseded, sm)
+			finished = append(finished, mid)
+			continue
 		}
+		seg := segs[sm.segID]
+		m.seg, m.off = seg, int64(sm.rec.off)
+		seg.live++
+		msgs = append(msgs, m)
 	}
 	for _, id := range segIDs {
 		seg := segs[id]
 		if seg.live == 0 {
-			if err := cmp.Or(os.Remove(donePath(s.o.Dir, id)), os.Remove(seg.path)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			// Its done file goes below, once this removal is durable.
+			if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return err
 			}
 			continue
@@ -337,6 +355,17 @@ func (s *Spool) recover() error {
 		s.segs[id] = seg
 		if s.w.lastID < parseSegID(id) {
 			s.w.lastID = parseSegID(id)
+		}
+	}
+	if err := s.markSuperseded(superseded); err != nil {
+		return err
+	}
+	if err := s.dir.Sync(); err != nil {
+		return err
+	}
+	for _, id := range finished {
+		if err := removeFiles(s.o.Dir, id); err != nil {
+			return err
 		}
 	}
 	for _, name := range names {
@@ -365,9 +394,31 @@ func (s *Spool) recover() error {
 	return nil
 }
 
+// markSuperseded marks done, durably, the records of sms that are in segments kept open:
+// one write and one fdatasync per done file. The files of a finished message are removed
+// only after this: without the done record, its record would be delivered again at the
+// next start.
+func (s *Spool) markSuperseded(sms []segMessage) error {
+	lines := map[*segment][]byte{}
+	for _, sm := range sms {
+		if seg := s.segs[sm.segID]; seg != nil {
+			lines[seg] = append(lines[seg], sm.rec.env.ID+"\n"...)
+		}
+	}
+	for seg, b := range lines {
+		if _, err := seg.done.Write(b); err != nil {
+			return err
+		}
+		if err := fdatasync(seg.done); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // loaded returns the message of a recovered envelope with its state, or nil when every
-// recipient is done (the crash came before its removal; its files are removed then).
-func (s *Spool) loaded(id string, env envelope) (*message, error) {
+// recipient is done (the crash came before its removal; recover removes its files).
+func (s *Spool) loaded(id string, env envelope) *message {
 	st, err := readState(s.o.Dir, id)
 	if err != nil {
 		// The state is written atomically, so this is damage too; starting over
@@ -377,9 +428,9 @@ func (s *Spool) loaded(id string, env envelope) (*message, error) {
 	}
 	m := &message{id: id, from: string(env.From), to: env.To, received: env.Received, size: env.Size, crc: env.CRC, st: st, index: -1, stateOnDisk: true}
 	if len(m.pending()) == 0 {
-		return nil, removeFiles(s.o.Dir, id)
+		return nil
 	}
-	return m, nil
+	return m
 }
 
 func parseSegID(id string) uint64 {
@@ -390,7 +441,8 @@ func parseSegID(id string) uint64 {
 // Submit makes the message durable in the spool and queues it for delivery. It returns nil
 // only when the message and its envelope are on disk: appended to the current segment and
 // fdatasynced (with the submissions that came at the same time). Any error is an *Error
-// (451 4.3.0 for the client).
+// (451 4.3.0 for the client, or the reply of a refused envelope: an envelope that a
+// restart would not read back is refused here, before anything is written).
 // data must not be changed afterwards: delivery may use it.
 func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data []byte) error {
 	if err := validID(id); err != nil {
@@ -404,6 +456,11 @@ func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data [
 		return &Error{ID: id, Err: err}
 	}
 	m := &message{id: id, from: from, to: to, received: s.o.Now(), size: len(data), index: -1}
+	crc := checksum(data)
+	hdr, err := encodeRecordHeader(envelope{ID: id, From: rawString(from), To: to, Received: m.received, Size: len(data), CRC: crc})
+	if err != nil {
+		return &Error{ID: id, Err: err}
+	}
 	s.mu.Lock()
 	switch {
 	case s.closed:
@@ -417,8 +474,8 @@ func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data [
 	s.msgs[id] = m
 	s.mu.Unlock()
 
-	crc := checksum(data)
-	r, err := s.write(m, data, crc)
+	r := &record{id: id, hdr: hdr, data: data}
+	err = s.appendLog(r)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -447,16 +504,6 @@ func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data [
 	s.ready = append(s.ready, m)
 	s.wake()
 	return nil
-}
-
-// write appends the message to the log durably.
-func (s *Spool) write(m *message, data []byte, crc uint32) (*record, error) {
-	hdr, err := encodeRecordHeader(envelope{ID: m.id, From: rawString(m.from), To: m.to, Received: m.received, Size: len(data), CRC: crc})
-	if err != nil {
-		return nil, err
-	}
-	r := &record{id: m.id, hdr: hdr, data: data}
-	return r, s.appendLog(r)
 }
 
 // removeDelivered removes a message whose every recipient is done: its record is marked

@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"relay/internal/config"
 	"relay/internal/deliver"
 )
 
@@ -355,13 +357,25 @@ func TestRecoverySegment(t *testing.T) {
 			old := slices.Clone(b)
 			start := 0
 			for _, r := range recs {
-				copy(old[start+segIDPos:], "00000000000000aa")
+				sealRecordHeader(old[start:r.off], "00000000000000aa") // valid, of another segment
 				start = r.next
 			}
 			return append(b, old...)
 		}, []string{"r0", "r1", "r2", "r3"}, false},
+		{"flipped bit in a recipient", func(b []byte, recs []segRecord, _ string) []byte {
+			// The message's checksum holds; only the header's own tells.
+			i := recs[0].next + bytes.Index(b[recs[0].next:recs[1].off], []byte("r1@example.net"))
+			b[i+4] ^= 0x01 // r1@dxample.net
+			return b
+		}, []string{"r0", "r2", "r3"}, true},
+		{"flipped bit in a size", func(b []byte, recs []segRecord, _ string) []byte {
+			i := recs[1].next + bytes.Index(b[recs[1].next:recs[2].off], []byte(`"size":`)) + len(`"size":`)
+			b[i] ^= 0x01
+			return b
+		}, []string{"r0", "r1", "r3"}, true},
 		{"done records", func(b []byte, _ []segRecord, _ string) []byte { return b }, []string{"r1", "r3"}, false},
 		{"damaged done file", func(b []byte, _ []segRecord, _ string) []byte { return b }, []string{"r1", "r3"}, false},
+		{"torn done record", func(b []byte, _ []segRecord, _ string) []byte { return b }, []string{"r1", "r2", "r3"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -386,10 +400,32 @@ func TestRecoverySegment(t *testing.T) {
 			switch tc.name {
 			case "done records":
 				require.NoError(t, os.WriteFile(donePath(e.dir, segID), []byte("m0\nm2\nm"), 0o600))
+			case "torn done record":
+				// The append of "m12\n" cut short: "m1" is not a done record.
+				require.NoError(t, os.WriteFile(donePath(e.dir, segID), []byte("m0\nm1"), 0o600))
 			case "damaged done file":
 				// Blocks a power failure left unwritten read as zeros: one long line.
 				done := slices.Concat([]byte("m0\n"), make([]byte, 100<<10), []byte("\nm2\n\x00\x00"))
 				require.NoError(t, os.WriteFile(donePath(e.dir, segID), done, 0o600))
+			}
+
+			// The admin readers skip what recovery skips.
+			l, err := List(e.dir)
+			require.NoError(t, err)
+			var listed []string
+			for _, ent := range l {
+				listed = append(listed, strings.TrimSuffix(ent.To[0], "@example.net"))
+			}
+			require.ElementsMatch(t, tc.want, listed)
+			for i := range 4 {
+				id := fmt.Sprintf("m%d", i)
+				ent, _, err := Show(e.dir, id)
+				if slices.Contains(tc.want, fmt.Sprintf("r%d", i)) {
+					require.NoError(t, err)
+					require.Equal(t, []string{fmt.Sprintf("r%d@example.net", i)}, ent.To)
+				} else {
+					require.ErrorIs(t, err, ErrNotFound, id)
+				}
 			}
 
 			s2 := e.open()
@@ -760,4 +796,8 @@ func TestPermanent(t *testing.T) {
 			require.Equal(t, tc.want, permanent(tc.err))
 		})
 	}
+}
+
+func TestMaxRecipientsMatchesConfig(t *testing.T) {
+	require.Equal(t, config.MaxRecipientsLimit, MaxRecipients)
 }
