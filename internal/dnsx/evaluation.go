@@ -2,8 +2,10 @@ package dnsx
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"net"
+	"strings"
 	"sync"
 )
 
@@ -71,26 +73,62 @@ func (e *evaluation) TTL() (uint32, bool) {
 
 // view is the spf.DNSResolver for checking one IP: address lookups ask for the record
 // type of that IP (RFC 7208 §5.3-5.5), plus A for an IPv6 client because "exists"
-// always asks for A (§5.7) and the library does not tell the two uses apart.
+// always asks for A (§5.7) and the library does not tell the two uses apart. It hands
+// the library every SPF record checked and rewritten (spfmacro.go), and takes the names
+// the library asks for back from libName form. One check_host uses it, from one
+// goroutine (the library makes no other).
 type view struct {
-	e  *evaluation
-	v4 bool
+	e   *evaluation
+	env macroEnv
+
+	ptrDone  bool     // ptrNames is known
+	ptrNames []string // validated names of env.ip, for %{p}
 }
 
-func (v view) LookupTXT(ctx context.Context, name string) ([]string, error) {
-	return lookupTXT(ctx, v.e.lookup, name)
+// LookupTXT is where the library reads the record of every domain it evaluates: the
+// sender's, and each include: and redirect= target. A record that ParseSPF rejects is
+// an error the library turns into permerror (it is not a *net.DNSError), so a syntax
+// error anywhere in any record consulted makes the whole check a permerror (§4.6).
+func (v *view) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	domain := realName(name)
+	txts, err := lookupTXT(ctx, v.e.lookup, domain)
+	if err != nil {
+		return nil, err
+	}
+	i, n := -1, 0
+	for j, txt := range txts {
+		if IsSPF(txt) {
+			i, n = j, n+1
+		}
+	}
+	if n != 1 {
+		return txts, nil // none is "none"; several, the library's permerror (§4.5)
+	}
+	rec, err := ParseSPF(txts[i])
+	if err != nil {
+		return nil, fmt.Errorf("SPF record of %s: %w", strings.TrimSuffix(domain, "."), err)
+	}
+	return []string{v.libraryRecord(ctx, rec, domain)}, nil
 }
 
-func (v view) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
-	return lookupMX(ctx, v.e.lookup, name)
+func (v *view) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
+	mxs, err := lookupMX(ctx, v.e.lookup, realName(name))
+	for _, mx := range mxs {
+		mx.Host = libName(mx.Host)
+	}
+	return mxs, err
 }
 
-func (v view) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error) {
-	return lookupIP(ctx, v.e.lookup, host, true, !v.v4)
+func (v *view) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error) {
+	return lookupIP(ctx, v.e.lookup, realName(host), true, !v.env.ip.Is4())
 }
 
-func (v view) LookupAddr(ctx context.Context, addr string) ([]string, error) {
-	return lookupAddr(ctx, v.e.lookup, addr)
+func (v *view) LookupAddr(ctx context.Context, addr string) ([]string, error) {
+	names, err := lookupAddr(ctx, v.e.lookup, addr)
+	for i, n := range names {
+		names[i] = libName(n)
+	}
+	return names, err
 }
 
 // canonical lower-cases ASCII letters and adds the final dot, so that differently

@@ -13,7 +13,8 @@ import (
 
 // The methods below make *Resolver a blitiri.com.ar/go/spf DNSResolver (the method set
 // of *net.Resolver). The SPF checks of the Authorizer go through an evaluation instead,
-// which adds TTL tracking and shares lookups between the IPs of one check.
+// which adds TTL tracking, shares lookups between the IPs of one check and checks every
+// SPF record with ParseSPF before the library reads it (view, in evaluation.go).
 
 // LookupTXT returns the TXT records of name, the strings of each record joined without
 // separator (RFC 7208 §3.3, RFC 6376 §3.6.2.2).

@@ -13,12 +13,15 @@ import (
 )
 
 // checkHost is RFC 7208 check_host(ip, domain of sender, sender) evaluated by the SPF
-// library (mechanisms, macros, the 10-lookup and 2-void-lookup limits of §4.6.4) with
-// e's DNS. helo only feeds the %{h} macro, since sender always has a domain here.
+// library (mechanisms, the 10-lookup and 2-void-lookup limits of §4.6.4) with e's DNS,
+// on records that ParseSPF has checked in full and whose macros view has expanded
+// (spfmacro.go). helo feeds the %{h} macro, and names the domain when sender has none.
 func checkHost(ctx context.Context, e *evaluation, ip netip.Addr, helo, sender string) (spf.Result, error) {
 	ip = ip.Unmap() // RFC 7208 §5: an IPv4-mapped IPv6 address is checked as IPv4
-	return spf.CheckHostWithSender(net.IP(ip.AsSlice()), helo, sender,
-		spf.WithResolver(view{e: e, v4: ip.Is4()}),
+	v := &view{e: e, env: newMacroEnv(ip, helo, sender)}
+	// The library needs only the domain from these: every macro is expanded by view.
+	return spf.CheckHostWithSender(net.IP(ip.AsSlice()), libName(helo), "postmaster@"+libName(v.env.domain),
+		spf.WithResolver(v),
 		spf.WithContext(ctx))
 }
 

@@ -74,6 +74,11 @@ two.example.            TXT "v=spf1 ip4:203.0.113.10 ip6:2001:db8::10 -all"
 two.example.            TXT "v=spf1 -all"
 nospf.example.          TXT "google-site-verification=abc"
 loop.example.           TXT "v=spf1 include:loop.example -all"
+syntax.example.         TXT "v=spf1 ip4:203.0.113.10 ip6:2001:db8::10 -all moo"
+badinclude.example.     TXT "v=spf1 include:_spf.badinclude.example -all"
+_spf.badinclude.example. TXT "v=spf1 ip4:203.0.113.0/24 ip6:2001:db8::/32 ~all exp=%{r}.badinclude.example"
+ptrmacro.example.       TXT "v=spf1 exists:%{p}._spf.ptrmacro.example -all"
+out.ptr.example._spf.ptrmacro.example. A 127.0.0.2
 voids.example.          TXT "v=spf1 a:n1.voids.example a:n2.voids.example a:n3.voids.example ip4:203.0.113.10 ip6:2001:db8::10 -all"
 `
 
@@ -102,6 +107,12 @@ func TestSPF(t *testing.T) {
 		{domain: "nxdomain.example", ips: []netip.Addr{ip4, ip6}, detail: "spf none (no SPF record)"},
 		{domain: "loop.example", ips: []netip.Addr{ip4}, detail: "spf permerror: more than 10 DNS lookups"},
 		{domain: "voids.example", ips: []netip.Addr{ip4}, detail: "spf permerror: more than 2 void DNS lookups"},
+		// A syntax error anywhere in any record consulted is a permerror, even after a
+		// term that matched (RFC 7208 §4.6), as strict receivers see it.
+		{domain: "syntax.example", ips: []netip.Addr{ip4, ip6}, detail: `spf permerror: SPF record of syntax.example: term "moo": unknown mechanism "moo"`},
+		{domain: "badinclude.example", ips: []netip.Addr{ip4}, detail: `spf permerror: SPF record of _spf.badinclude.example: term "exp=%{r}.badinclude.example": macro "%{r}": letter 'r' is allowed only in exp text (RFC 7208 §7.1)`},
+		// %{p} is the validated PTR name (the library alone would expand it to "unknown").
+		{domain: "ptrmacro.example", ips: []netip.Addr{ip4, ip6}, ok: true, detail: "spf pass for 203.0.113.10, 2001:db8::10"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.domain+"/"+tt.detail, func(t *testing.T) {
