@@ -1,6 +1,10 @@
 package main
 
-import "fmt"
+import (
+	"fmt"
+
+	"relay/internal/server"
+)
 
 func cmdCheck(e env) int {
 	fs := e.flags("check")
@@ -12,7 +16,7 @@ func cmdCheck(e env) int {
 	if !ok {
 		return 1
 	}
-	if _, err := newState(cfg); err != nil {
+	if _, err := server.NewState(cfg); err != nil {
 		fmt.Fprintf(e.stderr, "relay: %s: %v\n", *cfgPath, err)
 		return 1
 	}

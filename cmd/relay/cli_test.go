@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,6 +14,7 @@ import (
 
 	"relay/internal/dkimkey"
 	"relay/internal/dnstest"
+	"relay/internal/relaytest"
 )
 
 // runCLI runs the relay's command line in-process from the repository root, where
@@ -174,10 +174,10 @@ func TestUsage(t *testing.T) {
 // The live checks show in the dry-run output with their details (issue: live
 // authorization): a real DNS server on loopback serves the SPF and delegation records.
 func TestSendDryRunLiveChecks(t *testing.T) {
-	dns := dnstest.New(t, zone(t))
+	dns := dnstest.New(t, relaytest.Zone(t))
 	dir := t.TempDir()
 	path := filepath.Join(dir, "relay.toml")
-	text := fmt.Sprintf(baseConfig, "127.0.0.1:9", dns.Addr, "direct", keyDefault, keyExampleEd, keyExampleRSA, filepath.Join(dir, "spool"))
+	text := relaytest.Config("127.0.0.1:9", dns.Addr, "direct", filepath.Join(dir, "spool"))
 	require.NoError(t, os.WriteFile(path, []byte(text), 0o600))
 
 	for _, tc := range []struct{ from, want string }{

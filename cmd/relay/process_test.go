@@ -20,6 +20,9 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/require"
+
+	"relay/internal/relaytest"
+	"relay/internal/smtptest"
 )
 
 var (
@@ -129,11 +132,11 @@ func (p *proc) stop() {
 }
 
 // procConfig writes a spool-mode configuration for a relay process relaying to up.
-func procConfig(t *testing.T, up *sink, extra func(string) string) (path, spoolDir string) {
+func procConfig(t *testing.T, up *smtptest.Sink, extra func(string) string) (path, spoolDir string) {
 	t.Helper()
 	dir := t.TempDir()
 	spoolDir = filepath.Join(dir, "spool")
-	text := fmt.Sprintf(baseConfig, up.Addr, "127.0.0.1:9", "spool", keyDefault, keyExampleEd, keyExampleRSA, spoolDir)
+	text := relaytest.Config(up.Addr, "127.0.0.1:9", "spool", spoolDir)
 	text = strings.Replace(text, "[spf]\nenabled = true", "[spf]\nenabled = false", 1)
 	text = strings.Replace(text, "domain = \"example.net\"\n", "domain = \"example.net\"\ndelegation_check = false\n", 1)
 	text = strings.Replace(text, "max_recipients = 5\n", "max_recipients = 5\ntimeout = \"30s\"\n", 1)
@@ -169,8 +172,8 @@ func sendLoad(addr string, n, c int, progress *atomic.Int64) (acked []int) {
 				return
 			}
 			for seq := range next {
-				msg := fmt.Sprintf("X-Seq: %d\r\n", seq) + fmt.Sprintf(msgTmpl, "alice@gmail.com")
-				reply, err := sendOn(cl, "app@gmail.com", []string{"rcpt@dest.example"}, msg)
+				msg := fmt.Sprintf("X-Seq: %d\r\n", seq) + fmt.Sprintf(relaytest.MsgTmpl, "alice@gmail.com")
+				reply, err := smtptest.SendOn(cl, "app@gmail.com", []string{"rcpt@dest.example"}, msg)
 				if err != nil {
 					return
 				}
@@ -190,10 +193,10 @@ func sendLoad(addr string, n, c int, progress *atomic.Int64) (acked []int) {
 }
 
 // seqs returns how many times each X-Seq arrived at the sink.
-func seqs(msgs []sinkMsg) map[string]int {
+func seqs(msgs []smtptest.Message) map[string]int {
 	got := map[string]int{}
 	for _, m := range msgs {
-		for _, v := range header(m.Data, "X-Seq") {
+		for _, v := range smtptest.Header(m.Data, "X-Seq") {
 			got[v]++
 		}
 	}
@@ -212,8 +215,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestProcessUpstreamRefusesThenRecovers(t *testing.T) {
-	up := newSink(t)
-	up.setFailAll(&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"})
+	up := smtptest.Start(t)
+	up.OnMail(func(string) error { return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"} })
 	path, spoolDir := procConfig(t, up, nil)
 	p := startProc(t, path)
 
@@ -223,14 +226,14 @@ func TestProcessUpstreamRefusesThenRecovers(t *testing.T) {
 		out, _ := exec.Command(relayBinary(t), "queue", "-config", path, "list").CombinedOutput()
 		return strings.Contains(string(out), "451")
 	})
-	require.Empty(t, up.messages())
+	require.Empty(t, up.Messages())
 	entries, err := os.ReadDir(spoolDir)
 	require.NoError(t, err)
 	require.NotEmpty(t, entries)
 
-	up.setFailAll(nil)
-	waitFor(t, "every message to be delivered", func() bool { return len(seqs(up.messages())) == 30 })
-	for s, n := range seqs(up.messages()) {
+	up.OnMail(nil)
+	waitFor(t, "every message to be delivered", func() bool { return len(seqs(up.Messages())) == 30 })
+	for s, n := range seqs(up.Messages()) {
 		require.Equal(t, 1, n, "X-Seq %s delivered %d times", s, n)
 	}
 	waitFor(t, "the spool to empty", func() bool {
@@ -241,7 +244,7 @@ func TestProcessUpstreamRefusesThenRecovers(t *testing.T) {
 }
 
 func TestProcessKill9LosesNothing(t *testing.T) {
-	up := newSink(t)
+	up := smtptest.Start(t)
 	path, _ := procConfig(t, up, nil)
 	p := startProc(t, path)
 
@@ -258,7 +261,7 @@ func TestProcessKill9LosesNothing(t *testing.T) {
 
 	p2 := startProc(t, path)
 	waitFor(t, "every acknowledged message to be delivered", func() bool {
-		got := seqs(up.messages())
+		got := seqs(up.Messages())
 		for _, s := range acked {
 			if got[fmt.Sprint(s)] == 0 {
 				return false
@@ -266,25 +269,22 @@ func TestProcessKill9LosesNothing(t *testing.T) {
 		}
 		return true
 	})
-	t.Logf("acked %d of 500 before kill -9; sink got %d messages (%d distinct)", len(acked), len(up.messages()), len(seqs(up.messages())))
+	t.Logf("acked %d of 500 before kill -9; sink got %d messages (%d distinct)", len(acked), len(up.Messages()), len(seqs(up.Messages())))
 	p2.stop()
 }
 
 func TestProcessRecipientBounces(t *testing.T) {
-	up := newSink(t)
-	up.mu.Lock()
-	up.reject["nobody@dest.example"] = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
-	up.mu.Unlock()
+	up := smtptest.Start(t)
+	up.Reject("nobody@dest.example", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"})
 	path, _ := procConfig(t, up, nil)
 	p := startProc(t, path)
 
-	e := &relayEnv{t: t, addr: p.addr}
-	reply, err := e.send("alice@example.com", []string{"ok@dest.example", "nobody@dest.example"}, fmt.Sprintf(msgTmpl, "alice@example.com"))
+	reply, err := smtptest.Send(p.addr, "alice@example.com", []string{"ok@dest.example", "nobody@dest.example"}, fmt.Sprintf(relaytest.MsgTmpl, "alice@example.com"))
 	require.NoError(t, err)
 	require.Equal(t, 250, reply.Code)
 
-	msgs := up.wait(t, 2)
-	var delivered, dsn *sinkMsg
+	msgs := up.Wait(t, 2)
+	var delivered, dsn *smtptest.Message
 	for i := range msgs {
 		switch {
 		case msgs[i].From == "":
@@ -297,7 +297,7 @@ func TestProcessRecipientBounces(t *testing.T) {
 	require.Equal(t, []string{"ok@dest.example"}, delivered.To)
 	require.NotNil(t, dsn, "a DSN must come back with the null sender")
 	require.Equal(t, []string{"alice@example.com"}, dsn.To)
-	require.Contains(t, header(dsn.Data, "Content-Type")[0], "multipart/report")
+	require.Contains(t, smtptest.Header(dsn.Data, "Content-Type")[0], "multipart/report")
 	require.Contains(t, string(dsn.Data), "Final-Recipient: rfc822; nobody@dest.example")
 	require.Contains(t, string(dsn.Data), "Status: 5.1.1")
 	require.NotContains(t, string(dsn.Data), "Final-Recipient: rfc822; ok@dest.example")
@@ -305,43 +305,41 @@ func TestProcessRecipientBounces(t *testing.T) {
 }
 
 func TestProcessSpoolUnwritable(t *testing.T) {
-	up := newSink(t)
+	up := smtptest.Start(t)
 	path, spoolDir := procConfig(t, up, nil)
 	p := startProc(t, path)
-	e := &relayEnv{t: t, addr: p.addr}
-	msg := fmt.Sprintf(msgTmpl, "alice@example.com")
+	msg := fmt.Sprintf(relaytest.MsgTmpl, "alice@example.com")
 
 	// The spool directory disappears under the relay (a full or broken disk looks the same
 	// to it: writes fail): it must answer 451, never 250.
 	moved := spoolDir + ".away"
 	require.NoError(t, os.Rename(spoolDir, moved))
 	require.NoError(t, os.WriteFile(spoolDir, []byte("not a directory"), 0o600))
-	reply, err := e.send("alice@example.com", []string{"b@dest.example"}, msg)
+	reply, err := smtptest.Send(p.addr, "alice@example.com", []string{"b@dest.example"}, msg)
 	require.NoError(t, err)
 	require.Equal(t, 451, reply.Code, reply.Message)
 	require.Equal(t, smtp.EnhancedCode{4, 3, 0}, reply.EnhancedCode)
 
 	require.NoError(t, os.Remove(spoolDir))
 	require.NoError(t, os.Rename(moved, spoolDir))
-	reply, err = e.send("alice@example.com", []string{"b@dest.example"}, msg)
+	reply, err = smtptest.Send(p.addr, "alice@example.com", []string{"b@dest.example"}, msg)
 	require.NoError(t, err)
 	require.Equal(t, 250, reply.Code, reply.Message)
-	up.wait(t, 1)
+	up.Wait(t, 1)
 	p.stop()
 }
 
 func TestProcessReload(t *testing.T) {
-	up := newSink(t)
+	up := smtptest.Start(t)
 	path, _ := procConfig(t, up, nil)
 	p := startProc(t, path)
-	e := &relayEnv{t: t, addr: p.addr}
 	send := func() string {
 		t.Helper()
-		n := len(up.messages())
-		reply, err := e.send("app@partner.example", []string{"b@dest.example"}, fmt.Sprintf(msgTmpl, "bob@partner.example"))
+		n := len(up.Messages())
+		reply, err := smtptest.Send(p.addr, "app@partner.example", []string{"b@dest.example"}, fmt.Sprintf(relaytest.MsgTmpl, "bob@partner.example"))
 		require.NoError(t, err)
 		require.Equal(t, 250, reply.Code, reply.Message)
-		return up.wait(t, n+1)[n].From
+		return up.Wait(t, n+1)[n].From
 	}
 	require.Equal(t, "noreply@example.net", send(), "partner.example is not allowed yet")
 
@@ -369,8 +367,8 @@ func TestProcessReload(t *testing.T) {
 }
 
 func TestProcessQueueCommands(t *testing.T) {
-	up := newSink(t)
-	up.setFailAll(&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"})
+	up := smtptest.Start(t)
+	up.OnMail(func(string) error { return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"} })
 	path, _ := procConfig(t, up, func(s string) string {
 		return strings.Replace(s, `retry_min = "50ms"`+"\n"+`retry_max = "200ms"`, `retry_min = "1h"`+"\n"+`retry_max = "2h"`, 1)
 	})
@@ -398,11 +396,11 @@ func TestProcessQueueCommands(t *testing.T) {
 	require.NotContains(t, queue("list"), id1)
 
 	// The next try is an hour away; `queue retry` makes it now.
-	up.setFailAll(nil)
+	up.OnMail(nil)
 	require.Contains(t, queue("retry"), "scheduled")
-	up.wait(t, 1)
+	up.Wait(t, 1)
 	waitFor(t, "the spool to empty", func() bool { return strings.Contains(queue("list"), "queue is empty") })
-	require.Len(t, up.messages(), 1, "the deleted message is never delivered")
+	require.Len(t, up.Messages(), 1, "the deleted message is never delivered")
 
 	out, err := exec.Command(relayBinary(t), "queue", "-config", path, "show", "zzzzzzzzzzzzzzzz").CombinedOutput()
 	require.Error(t, err)

@@ -13,6 +13,7 @@ import (
 	"relay/internal/deliver"
 	"relay/internal/pipeline"
 	"relay/internal/rewrite"
+	"relay/internal/server"
 )
 
 type multiFlag []string
@@ -68,7 +69,7 @@ func cmdSend(e env) int {
 	if !ok {
 		return 1
 	}
-	st, err := newState(cfg)
+	st, err := server.NewState(cfg)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "relay send: %v\n", err)
 		return 1

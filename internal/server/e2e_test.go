@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"fmt"
@@ -10,19 +10,12 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/require"
+
+	"relay/internal/relaytest"
+	"relay/internal/smtptest"
 )
 
-const msgTmpl = "From: %s\r\n" +
-	"To: bob@dest.example\r\n" +
-	"Subject: quarterly report\r\n" +
-	"Date: Thu, 26 Nov 2026 10:00:00 +0000\r\n" +
-	"Message-ID: <abc123@app.test>\r\n" +
-	"MIME-Version: 1.0\r\n" +
-	"Content-Type: text/plain; charset=utf-8\r\n" +
-	"\r\n" +
-	"Hello Bob,\r\n" +
-	".leading dot line\r\n" +
-	"the numbers are attached.\r\n"
+const msgTmpl = relaytest.MsgTmpl
 
 // TestEndToEndReasons sends one message per policy reason through the real relay to a real
 // upstream and checks what the upstream received: From, envelope, Reply-To, signature.
@@ -65,29 +58,29 @@ func TestEndToEndReasons(t *testing.T) {
 					}
 					msg := fmt.Sprintf(msgTmpl, tc.from)
 					rcpt := fmt.Sprintf("rcpt%d@dest.example", i)
-					reply, err := sendOn(c, tc.envelope, []string{rcpt}, "Bcc: secret@dest.example\r\n"+msg)
+					reply, err := smtptest.SendOn(c, tc.envelope, []string{rcpt}, "Bcc: secret@dest.example\r\n"+msg)
 					require.NoError(t, err)
 					require.Equal(t, 250, reply.Code, reply.Message)
 					require.Contains(t, reply.Message, "queued as")
 
-					var got sinkMsg
-					for _, m := range e.sink.wait(t, i+1) {
+					var got smtptest.Message
+					for _, m := range e.sink.Wait(t, i+1) {
 						if m.To[0] == rcpt {
 							got = m
 						}
 					}
 					require.Equal(t, tc.wantEnvelope, got.From)
-					require.Equal(t, []string{tc.wantFrom}, header(got.Data, "From"))
-					require.Empty(t, header(got.Data, "Bcc"), "Bcc must be removed")
-					require.Len(t, header(got.Data, "Received"), 1)
+					require.Equal(t, []string{tc.wantFrom}, smtptest.Header(got.Data, "From"))
+					require.Empty(t, smtptest.Header(got.Data, "Bcc"), "Bcc must be removed")
+					require.Len(t, smtptest.Header(got.Data, "Received"), 1)
 					if tc.rewritten {
-						require.Equal(t, []string{tc.wantReplyTo}, header(got.Data, "Reply-To"))
-						require.Len(t, header(got.Data, "X-Original-From"), 1)
+						require.Equal(t, []string{tc.wantReplyTo}, smtptest.Header(got.Data, "Reply-To"))
+						require.Len(t, smtptest.Header(got.Data, "X-Original-From"), 1)
 					} else {
-						require.Empty(t, header(got.Data, "Reply-To"))
-						require.Empty(t, header(got.Data, "X-Original-From"))
+						require.Empty(t, smtptest.Header(got.Data, "Reply-To"))
+						require.Empty(t, smtptest.Header(got.Data, "X-Original-From"))
 					}
-					require.Equal(t, []byte("Hello Bob,\r\n.leading dot line\r\nthe numbers are attached.\r\n"), body(got.Data))
+					require.Equal(t, []byte("Hello Bob,\r\n.leading dot line\r\nthe numbers are attached.\r\n"), smtptest.Body(got.Data))
 					ds := e.verifyDKIM(got.Data)
 					require.Contains(t, ds, tc.wantD)
 				})
@@ -101,8 +94,8 @@ func TestEndToEndDualSignature(t *testing.T) {
 	reply, err := e.send("alice@example.com", []string{"bob@dest.example"}, fmt.Sprintf(msgTmpl, "alice@example.com"))
 	require.NoError(t, err)
 	require.Equal(t, 250, reply.Code)
-	got := e.sink.wait(t, 1)[0]
-	sigs := header(got.Data, "DKIM-Signature")
+	got := e.sink.Wait(t, 1)[0]
+	sigs := smtptest.Header(got.Data, "DKIM-Signature")
 	require.Len(t, sigs, 2)
 	require.Contains(t, sigs[0], "a=ed25519-sha256")
 	require.Contains(t, sigs[1], "a=rsa-sha256")
@@ -117,10 +110,10 @@ func TestEndToEndUnitHeader(t *testing.T) {
 	reply, err := e.send("alice@gmail.com", []string{"bob@dest.example"}, msg)
 	require.NoError(t, err)
 	require.Equal(t, 250, reply.Code)
-	got := e.sink.wait(t, 1)[0]
-	require.Empty(t, header(got.Data, "X-Relay-Unit"))
+	got := e.sink.Wait(t, 1)[0]
+	require.Empty(t, smtptest.Header(got.Data, "X-Relay-Unit"))
 	require.Equal(t, "help@example.net", got.From)
-	require.Contains(t, header(got.Data, "From")[0], "<help@example.net>")
+	require.Contains(t, smtptest.Header(got.Data, "From")[0], "<help@example.net>")
 
 	reply, err = e.send("alice@gmail.com", []string{"bob@dest.example"}, "X-Relay-Unit: marketing\r\n"+fmt.Sprintf(msgTmpl, "alice@gmail.com"))
 	require.NoError(t, err)
@@ -134,8 +127,8 @@ func TestEndToEndUnitHeaderIgnoredWhenUntrusted(t *testing.T) {
 	reply, err := e.send("alice@gmail.com", []string{"bob@dest.example"}, "X-Relay-Unit: support\r\n"+fmt.Sprintf(msgTmpl, "alice@gmail.com"))
 	require.NoError(t, err)
 	require.Equal(t, 250, reply.Code)
-	got := e.sink.wait(t, 1)[0]
-	require.Empty(t, header(got.Data, "X-Relay-Unit"))
+	got := e.sink.Wait(t, 1)[0]
+	require.Empty(t, smtptest.Header(got.Data, "X-Relay-Unit"))
 	require.Equal(t, "noreply@example.net", got.From)
 }
 
@@ -173,18 +166,16 @@ func TestEndToEndReplies(t *testing.T) {
 		require.Equal(t, smtp.EnhancedCode{5, 7, 8}, reply.EnhancedCode)
 	})
 	t.Run("upstream 5xx is passed on, nothing sent", func(t *testing.T) {
-		e.sink.mu.Lock()
-		e.sink.reject["nobody@dest.example"] = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
-		e.sink.mu.Unlock()
-		before := len(e.sink.messages())
+		e.sink.Reject("nobody@dest.example", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"})
+		before := len(e.sink.Messages())
 		reply, err := e.send("a@example.com", []string{"ok@dest.example", "nobody@dest.example"}, msg)
 		require.NoError(t, err)
 		require.Equal(t, 550, reply.Code)
-		require.Len(t, e.sink.messages(), before)
+		require.Len(t, e.sink.Messages(), before)
 	})
 	t.Run("upstream 4xx is passed on as 4xx", func(t *testing.T) {
-		e.sink.setFailAll(&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "busy"})
-		defer e.sink.setFailAll(nil)
+		e.sink.OnMail(func(string) error { return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "busy"} })
+		defer e.sink.OnMail(nil)
 		reply, err := e.send("a@example.com", []string{"b@dest.example"}, msg)
 		require.NoError(t, err)
 		require.Equal(t, 4, reply.Code/100)
@@ -206,7 +197,7 @@ func TestEndToEndAuthRequired(t *testing.T) {
 	defer c.Close()
 	require.NoError(t, c.Hello("app.test"))
 	require.NoError(t, c.Auth(sasl.NewPlainClient("", "crm", "crm-secret")))
-	reply, err = sendOn(c, "a@example.com", []string{"b@dest.example"}, msg)
+	reply, err = smtptest.SendOn(c, "a@example.com", []string{"b@dest.example"}, msg)
 	require.NoError(t, err)
 	require.Equal(t, 250, reply.Code)
 }
@@ -232,7 +223,7 @@ func TestEndToEndDryRun(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 250, reply.Code)
 	require.Equal(t, "dry run: would send as <noreply@example.net> (fallback-global)", reply.Message)
-	require.Empty(t, e.sink.messages())
+	require.Empty(t, e.sink.Messages())
 }
 
 func TestEndToEndSTARTTLSNotOfferedWithoutCert(t *testing.T) {
@@ -264,18 +255,18 @@ func TestEndToEndRewriteRules(t *testing.T) {
 	reply, err := e.send("app@gmail.com", []string{"bob@dest.example"}, msg)
 	require.NoError(t, err)
 	require.Equal(t, 250, reply.Code, reply.Message)
-	got := e.sink.wait(t, 1)[0]
-	from := header(got.Data, "From")
+	got := e.sink.Wait(t, 1)[0]
+	from := smtptest.Header(got.Data, "From")
 	require.Len(t, from, 1)
 	require.Contains(t, from[0], "=?utf-8?")
 	require.True(t, strings.HasSuffix(from[0], "<noreply@example.net>"), from[0])
-	require.Equal(t, []string{"support@customer.example"}, header(got.Data, "Reply-To"), "an existing Reply-To is kept")
-	require.Empty(t, header(got.Data, "Sender"), "a Sender of a disallowed domain is removed")
-	require.Equal(t, []string{`"Zoë Müller" <zoe@gmail.com>`}, header(got.Data, "X-Original-From"))
-	require.Len(t, header(got.Data, "Date"), 1)
-	require.Len(t, header(got.Data, "Message-ID"), 1)
+	require.Equal(t, []string{"support@customer.example"}, smtptest.Header(got.Data, "Reply-To"), "an existing Reply-To is kept")
+	require.Empty(t, smtptest.Header(got.Data, "Sender"), "a Sender of a disallowed domain is removed")
+	require.Equal(t, []string{`"Zoë Müller" <zoe@gmail.com>`}, smtptest.Header(got.Data, "X-Original-From"))
+	require.Len(t, smtptest.Header(got.Data, "Date"), 1)
+	require.Len(t, smtptest.Header(got.Data, "Message-ID"), 1)
 	require.Contains(t, string(got.Data), "\r\nX-Custom:  odd   spacing\r\n\tfolded continuation\r\n")
 	require.Contains(t, string(got.Data), "\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n")
-	require.Equal(t, "body line 1\r\n\r\n..dot-stuffed line\r\n", string(body(got.Data)))
+	require.Equal(t, "body line 1\r\n\r\n..dot-stuffed line\r\n", string(smtptest.Body(got.Data)))
 	e.verifyDKIM(got.Data)
 }

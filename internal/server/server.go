@@ -1,0 +1,298 @@
+// Package server owns a running relay: it wires the stages for one configuration (front
+// end, pipeline, spool and delivery, or direct delivery, or a dry run), starts the
+// listeners, applies reloads and shuts down. It is the one place that knows how the stages
+// fit together; cmd/relay only parses flags, loads the file and handles signals, and the
+// HTTP side and the DNS doctor use what it builds.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"reflect"
+	"sync"
+	"time"
+
+	"relay/internal/config"
+	"relay/internal/deliver"
+	"relay/internal/dnsx"
+	"relay/internal/pipeline"
+	"relay/internal/rewrite"
+	"relay/internal/signer"
+	"relay/internal/smtpd"
+	"relay/internal/spool"
+)
+
+// Options are the choices of the process rather than of the configuration file.
+type Options struct {
+	// DryRun makes every message stop after signing: nothing is spooled or sent (relay
+	// serve -dry-run).
+	DryRun bool
+	Log    *slog.Logger
+}
+
+// Server is a running relay: listeners, front end, pipeline and delivery.
+type Server struct {
+	log      *slog.Logger
+	mode     string
+	p        *pipeline.Pipeline
+	smtp     *smtpd.Server
+	spool    *spool.Spool
+	sender   deliver.Sender
+	lns      []net.Listener
+	serveErr chan error
+	stopRun  context.CancelFunc
+	bg       sync.WaitGroup
+}
+
+// New wires the stages for cfg and starts listening on its addresses.
+func New(cfg *config.Config, o Options) (*Server, error) {
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	for _, w := range cfg.Warnings {
+		log.Warn("config", "warning", w)
+	}
+	if cfg.HTTP.Listen != "" {
+		log.Warn("config", "warning", "[http] listen is set, but this version has no HTTP listener yet: nothing listens on "+cfg.HTTP.Listen)
+	}
+	st, err := NewState(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{log: log, mode: cfg.Queue.Mode, serveErr: make(chan error, 2)}
+	runCtx, stopRun := context.WithCancel(context.Background())
+	s.stopRun = stopRun
+	s.p = pipeline.New(st, nil, log)
+	if o.DryRun {
+		s.mode = "dry-run"
+	} else {
+		s.sender, err = deliver.New(cfg, log)
+		if err != nil {
+			stopRun()
+			return nil, fmt.Errorf("upstream: %w", err)
+		}
+		switch cfg.Queue.Mode {
+		case "direct":
+			s.p.Submit = &deliver.Direct{Sender: s.sender}
+		default:
+			sp, err := spool.Open(spool.Options{
+				Dir: cfg.Queue.Dir, MaxAge: cfg.Queue.MaxAge.Duration,
+				RetryMin: cfg.Queue.RetryMin.Duration, RetryMax: cfg.Queue.RetryMax.Duration,
+				Workers: cfg.Upstream.MaxConnections, Sender: s.sender, Log: log,
+				Hostname: cfg.Hostname, Bounce: s.bounce,
+			})
+			if err != nil {
+				s.sender.Close()
+				stopRun()
+				return nil, fmt.Errorf("spool: %w", err)
+			}
+			s.p.Submit = sp
+			s.spool = sp
+			s.bg.Add(1)
+			go func() { defer s.bg.Done(); sp.Run(runCtx) }()
+		}
+	}
+	s.smtp, err = smtpd.New(cfg, handler{p: s.p, dry: o.DryRun}, log)
+	if err != nil {
+		s.Shutdown(time.Second)
+		return nil, err
+	}
+	listen := func(addr string, implicitTLS bool) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", addr, err)
+		}
+		s.lns = append(s.lns, ln)
+		go func() {
+			var err error
+			if implicitTLS {
+				err = s.smtp.ServeTLS(ln)
+			} else {
+				err = s.smtp.Serve(ln)
+			}
+			if err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, smtpd.ErrServerClosed) {
+				s.serveErr <- err
+			}
+		}()
+		return nil
+	}
+	if cfg.SMTP.Listen != "" {
+		if err := listen(cfg.SMTP.Listen, false); err != nil {
+			s.Shutdown(time.Second)
+			return nil, err
+		}
+	}
+	if cfg.SMTP.ImplicitTLSListen != "" {
+		if err := listen(cfg.SMTP.ImplicitTLSListen, true); err != nil {
+			s.Shutdown(time.Second)
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Addrs are the addresses the SMTP listeners are bound to, plain first.
+func (s *Server) Addrs() []string {
+	var a []string
+	for _, ln := range s.lns {
+		a = append(a, ln.Addr().String())
+	}
+	return a
+}
+
+// Mode is "spool", "direct" or "dry-run".
+func (s *Server) Mode() string { return s.mode }
+
+// Err reports a listener that failed for good.
+func (s *Server) Err() <-chan error { return s.serveErr }
+
+// Pipeline is the message path the server runs; previews call it with no Submitter.
+func (s *Server) Pipeline() *pipeline.Pipeline { return s.p }
+
+// bounce sends a delivery status notification through the same pipeline as any message:
+// rewritten, signed and spooled, from the null sender.
+func (s *Server) bounce(ctx context.Context, to string, dsn []byte) error {
+	host := s.p.State().Config.Hostname
+	_, err := s.p.Process(ctx, pipeline.Input{To: []string{to}, Data: dsn,
+		Received: rewrite.Received{Helo: host, ClientIP: "127.0.0.1", Proto: "LOCAL"}, Client: "dsn"})
+	return err
+}
+
+// Shutdown stops accepting, lets sessions finish, then stops the delivery workers, all
+// within grace; what is still spooled stays on disk for the next start.
+func (s *Server) Shutdown(grace time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if s.smtp != nil {
+		if err := s.smtp.Shutdown(ctx); err != nil {
+			s.log.Warn("smtp sessions cut at shutdown", "err", err)
+		}
+	}
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	s.stopRun()
+	done := make(chan struct{})
+	go func() { s.bg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.log.Warn("deliveries still running at the end of the grace period; they stay spooled")
+	}
+	if s.spool != nil {
+		s.spool.Close() // cancels what still runs; the spool keeps it for the next start
+	}
+	if s.sender != nil {
+		s.sender.Close()
+	}
+	s.log.Info("stopped")
+}
+
+// Reload applies a new configuration; one that cannot be applied is refused and the
+// running configuration stays (SPEC §3). It returns the changed settings that only a
+// restart applies. The steps that can fail come first, so a refused reload changes nothing.
+func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
+	sg, err := signer.New(cfg.DKIM)
+	if err != nil {
+		return nil, err
+	}
+	old := s.p.State()
+	if err := s.smtp.SetConfig(cfg); err != nil {
+		return nil, err
+	}
+	// Last, because it changes the running authorizer in place.
+	st, err := withAuth(cfg, sg, old)
+	if err != nil {
+		s.smtp.SetConfig(old.Config)
+		return nil, err
+	}
+	s.p.Swap(st)
+	return restartOnly(old.Config, cfg), nil
+}
+
+// restartOnly names the settings that differ between a and b but are read only at start:
+// listeners, the upstream and the queue.
+func restartOnly(a, b *config.Config) []string {
+	var keys []string
+	diff := func(key string, x, y any) {
+		if !reflect.DeepEqual(x, y) {
+			keys = append(keys, key)
+		}
+	}
+	diff("smtp.listen", a.SMTP.Listen, b.SMTP.Listen)
+	diff("smtp.implicit_tls_listen", a.SMTP.ImplicitTLSListen, b.SMTP.ImplicitTLSListen)
+	diff("[upstream]", a.Upstream, b.Upstream)
+	diff("[queue]", a.Queue, b.Queue)
+	diff("hostname", a.Hostname, b.Hostname)
+	return keys
+}
+
+// NewState builds what the pipeline needs for cfg: the signer over its keys and the
+// authorizer of live checks (`relay send` uses it without a server).
+func NewState(cfg *config.Config) (*pipeline.State, error) {
+	sg, err := signer.New(cfg.DKIM)
+	if err != nil {
+		return nil, err
+	}
+	return withAuth(cfg, sg, nil)
+}
+
+// withAuth completes a State with the authorizer of SPF and delegation checks. prev, when
+// not nil, is the running state: its authorizer, and so its DNS cache, is kept unless the
+// settings it depends on changed.
+func withAuth(cfg *config.Config, sg *signer.Signer, prev *pipeline.State) (*pipeline.State, error) {
+	st := &pipeline.State{Config: cfg, Signer: sg}
+	if !cfg.SPF.Enabled && !cfg.DKIM.DelegationCheck {
+		return st, nil
+	}
+	if prev != nil {
+		if a, ok := prev.Auth.(*dnsx.Authorizer); ok && a != nil {
+			if err := a.Reload(cfg, sg.DefaultPublicKey()); err != nil {
+				return nil, fmt.Errorf("dns resolver: %w", err)
+			}
+			st.Auth = a
+			return st, nil
+		}
+	}
+	r, err := dnsx.NewResolver(cfg.DNS.Servers, cfg.DNS.Timeout.Duration)
+	if err != nil {
+		return nil, fmt.Errorf("dns resolver: %w", err)
+	}
+	st.Auth = dnsx.NewAuthorizer(cfg, r, sg.DefaultPublicKey())
+	return st, nil
+}
+
+// handler adapts the front end's Inbound to the pipeline.
+type handler struct {
+	p   *pipeline.Pipeline
+	dry bool
+}
+
+func (h handler) Handle(ctx context.Context, m *smtpd.Inbound) (string, error) {
+	proto := "ESMTP"
+	if m.TLS {
+		proto += "S"
+	}
+	if m.User != "" {
+		proto += "A"
+	}
+	res, err := h.p.Process(ctx, pipeline.Input{
+		ID: m.ID, Envelope: m.From, To: m.To, Data: m.Data,
+		Unit:       m.UserUnit,
+		UnitHeader: m.UserUnit == "" && m.NetworkAllowed && h.p.State().Config.SMTP.TrustUnitHeader,
+		Received: rewrite.Received{Helo: m.Helo, ClientIP: m.ClientIP.String(), Proto: proto,
+			ID: m.ID, Time: m.Received},
+		Client: m.ClientIP.String(), User: m.User,
+	})
+	if err != nil {
+		return "", err
+	}
+	if h.dry {
+		return fmt.Sprintf("dry run: would send as <%s> (%s)", res.Decision.From, res.Decision.Reason), nil
+	}
+	return "Ok: queued as " + res.ID, nil
+}
