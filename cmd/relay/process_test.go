@@ -216,7 +216,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func TestProcessUpstreamRefusesThenRecovers(t *testing.T) {
 	up := smtptest.Start(t)
-	up.OnMail(func(string) error { return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"} })
+	up.OnMail(func(string) error {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}
+	})
 	path, spoolDir := procConfig(t, up, nil)
 	p := startProc(t, path)
 
@@ -368,7 +370,9 @@ func TestProcessReload(t *testing.T) {
 
 func TestProcessQueueCommands(t *testing.T) {
 	up := smtptest.Start(t)
-	up.OnMail(func(string) error { return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"} })
+	up.OnMail(func(string) error {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}
+	})
 	path, _ := procConfig(t, up, func(s string) string {
 		return strings.Replace(s, `retry_min = "50ms"`+"\n"+`retry_max = "200ms"`, `retry_min = "1h"`+"\n"+`retry_max = "2h"`, 1)
 	})

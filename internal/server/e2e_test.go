@@ -174,7 +174,9 @@ func TestEndToEndReplies(t *testing.T) {
 		require.Len(t, e.sink.Messages(), before)
 	})
 	t.Run("upstream 4xx is passed on as 4xx", func(t *testing.T) {
-		e.sink.OnMail(func(string) error { return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "busy"} })
+		e.sink.OnMail(func(string) error {
+			return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "busy"}
+		})
 		defer e.sink.OnMail(nil)
 		reply, err := e.send("a@example.com", []string{"b@dest.example"}, msg)
 		require.NoError(t, err)
