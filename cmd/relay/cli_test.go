@@ -34,7 +34,7 @@ func TestSendDryRunHuman(t *testing.T) {
 	require.Equal(t, `from:      alice@gmail.com
 effective: "alice at gmail.com via Example" <noreply@example.net>
 envelope:  noreply@example.net
-reply-to:  alice@gmail.com
+reply-to:  <alice@gmail.com>
 reason:    fallback-global (gmail.com: not listed)
 dkim:      d=example.net s=default
 `, out)

@@ -157,8 +157,8 @@ func printDecision(w io.Writer, res pipeline.Result, asJSON bool) {
 		enc.SetIndent("", "  ")
 		enc.SetEscapeHTML(false)
 		enc.Encode(decisionJSON{
-			FromOriginal: d.FromOriginal, FromEffect: res.FromHeader, Envelope: d.Envelope,
-			ReplyTo: res.ReplyTo, Rewritten: d.Rewritten, Reason: string(d.Reason), Detail: d.Detail,
+			FromOriginal: d.FromOriginal, FromEffect: res.FromHeader(), Envelope: d.Envelope,
+			ReplyTo: res.ReplyTo(), Rewritten: d.Rewritten, Reason: string(d.Reason), Detail: d.Detail,
 			Unit: d.Unit, DKIMDomain: d.DKIMDomain, DKIMSelector: strings.Join(sels, ","),
 		})
 		return
@@ -174,9 +174,9 @@ func printDecision(w io.Writer, res pipeline.Result, asJSON bool) {
 		envelope = "<>"
 	}
 	fmt.Fprintf(w, "from:      %s\n", show(d.FromOriginal))
-	fmt.Fprintf(w, "effective: %s\n", res.FromHeader)
+	fmt.Fprintf(w, "effective: %s\n", res.FromHeader())
 	fmt.Fprintf(w, "envelope:  %s\n", envelope)
-	fmt.Fprintf(w, "reply-to:  %s\n", show(res.ReplyTo))
+	fmt.Fprintf(w, "reply-to:  %s\n", show(res.ReplyTo()))
 	fmt.Fprintf(w, "reason:    %s (%s)\n", d.Reason, d.Detail)
 	if d.Unit != "" {
 		fmt.Fprintf(w, "unit:      %s\n", d.Unit)

@@ -37,7 +37,7 @@ func Load(path string) (*Config, error) {
 		ps.add("", "%v", err)
 		return nil, ps.err()
 	}
-	c := defaults()
+	c := Defaults()
 	c.Path, c.Dir = abs, filepath.Dir(abs)
 	if decode(string(data), c, ps) {
 		validate(c, ps)
@@ -48,9 +48,10 @@ func Load(path string) (*Config, error) {
 	return c, nil
 }
 
-// defaults is a Config with every SPEC §3 default that does not depend on other keys;
+// Defaults is a Config with every SPEC §3 default that does not depend on other keys;
 // decoding overwrites what the file sets. Fresh slices each time: decoding may reuse them.
-func defaults() *Config {
+// It is the one place defaults live: the stages take a Config as Load leaves it.
+func Defaults() *Config {
 	return &Config{
 		SMTP: SMTP{
 			Listen:           "127.0.0.1:2525",

@@ -12,7 +12,7 @@ import (
 	"relay/internal/config"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
+var update = flag.Bool("update", false, "rewrite testdata/*.golden and testdata/bad/*.err from the current output")
 
 func TestSummary(t *testing.T) {
 	t.Setenv("RELAY_TEST_UPSTREAM_PASSWORD", "upstream-secret-3")

@@ -18,7 +18,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"relay/internal/dkimkey"
-	"relay/internal/rewrite"
+	"relay/internal/names"
 )
 
 // MaxRecipientsLimit is the largest smtp.max_recipients: internal/spool's MaxRecipients,
@@ -184,7 +184,7 @@ func (v *validator) sender() {
 	}
 	v.address("sender.fallback", s.Fallback)
 	v.displayName("sender.display_name", s.DisplayName)
-	if s.OriginalHeader != "" && !rewrite.ValidFieldName(s.OriginalHeader) {
+	if s.OriginalHeader != "" && !names.FieldName(s.OriginalHeader) {
 		v.ps.add("sender.original_header", "%q is not a header field name", s.OriginalHeader)
 	} else if managedHeader(s.OriginalHeader) {
 		v.ps.add("sender.original_header", "%q is a header the relay writes itself; pick another name, e.g. \"X-Original-From\"", s.OriginalHeader)
@@ -250,7 +250,7 @@ func (v *validator) dkim() {
 	if d.Domain == "" {
 		// SPEC §3: the fallback's domain; an invalid fallback was reported already.
 		if i := strings.LastIndexByte(v.c.Sender.Fallback, '@'); i >= 0 {
-			d.Domain, _ = NormalizeDomain(v.c.Sender.Fallback[i+1:])
+			d.Domain, _ = names.Domain(v.c.Sender.Fallback[i+1:])
 		}
 	} else if n, err := domainName(d.Domain); err != nil {
 		v.ps.add("dkim.domain", "%v", err)
@@ -258,11 +258,11 @@ func (v *validator) dkim() {
 		d.Domain = n
 	}
 	if len(d.Headers) == 0 {
-		d.Headers = defaultHeaders()
+		d.Headers = DefaultHeaders()
 	}
 	from := false
 	for i, h := range d.Headers {
-		if !rewrite.ValidFieldName(h) {
+		if !names.FieldName(h) {
 			v.ps.add(fmt.Sprintf("dkim.headers[%d]", i), "%q is not a header field name", h)
 		}
 		from = from || strings.EqualFold(h, "From")
@@ -301,7 +301,10 @@ func (v *validator) dkim() {
 	}
 }
 
-func defaultHeaders() []string {
+// DefaultHeaders is the h= list when [dkim] headers is empty (SPEC §3): the fields a
+// receiver shows or acts on (RFC 6376 §5.4.1), plus the one-click unsubscribe pair, whose
+// POST target must not be replaceable (RFC 8058 §4).
+func DefaultHeaders() []string {
 	return []string{
 		"From", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID", "MIME-Version",
 		"Content-Type", "Content-Transfer-Encoding", "In-Reply-To", "References",
@@ -464,10 +467,10 @@ func (v *validator) domains(key string, list []string) []string {
 	return out
 }
 
-// domainName normalises d (NormalizeDomain) and checks it is a host name: dot-separated
+// domainName normalises d (names.Domain) and checks it is a host name: dot-separated
 // labels of letters, digits, "-" and "_" (for names like _spf.example.net).
 func domainName(d string) (string, error) {
-	n, err := NormalizeDomain(d)
+	n, err := names.Domain(d)
 	if err != nil {
 		return "", err
 	}

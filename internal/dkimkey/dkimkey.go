@@ -1,6 +1,7 @@
 // Package dkimkey owns DKIM private keys on disk: reading PEM files (PKCS#1, PKCS#8,
 // RSA and Ed25519), writing new ones, and the public TXT record (RFC 6376 §3.6.1,
-// RFC 8463) that publishes a key. It never signs; that is package signer.
+// RFC 8463) that publishes a key, written and read back. It never signs; that is package
+// signer.
 package dkimkey
 
 import (

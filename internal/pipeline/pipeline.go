@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/mail"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -71,22 +70,38 @@ type Input struct {
 	To       []string
 	Data     []byte // CRLF line ends
 	// Unit is the business unit the sender is entitled to (an AUTH user's unit, or the
-	// -unit flag); UnitHeader allows the X-Relay-Unit header to name it when Unit is "".
-	Unit       string
-	UnitHeader bool
-	Received   rewrite.Received
-	Client     string // for the log: client IP
-	User       string // for the log: authenticated user
+	// -unit flag); NetworkAllowed says the client is in allow_networks, which with
+	// trust_unit_header lets the X-Relay-Unit header name it (policy decides).
+	Unit           string
+	NetworkAllowed bool
+	Received       rewrite.Received
+	Client         string // for the log: client IP
+	User           string // for the log: authenticated user
 }
 
 // Result is what Process decided and built.
 type Result struct {
-	ID         string
-	Decision   policy.Decision
-	FromHeader string // the effective From header value
-	ReplyTo    string // the Reply-To the message leaves with, "" when none
-	DKIM       []signer.KeyInfo
-	Message    []byte // the outgoing message, signed
+	ID       string
+	Decision policy.Decision
+	DKIM     []signer.KeyInfo
+	Message  []byte // the outgoing message, signed
+}
+
+// FromHeader is the From field of the outgoing message, unfolded, exactly as the message
+// carries it (SPEC §2 from_effective). It reads the message, so previews cost the hot path
+// nothing.
+func (r Result) FromHeader() string { return r.header("From") }
+
+// ReplyTo is the Reply-To field of the outgoing message, "" when it has none.
+func (r Result) ReplyTo() string { return r.header("Reply-To") }
+
+func (r Result) header(name string) string {
+	m, err := rewrite.Parse(r.Message)
+	if err != nil {
+		return ""
+	}
+	v, _ := m.Get(name)
+	return v
 }
 
 // Process decides, rewrites and signs in's message, then submits it unless this is a dry
@@ -104,8 +119,8 @@ func (p *Pipeline) Process(ctx context.Context, in Input) (Result, error) {
 	// signs the message, so that the relay judges, signs and transmits the same lines a
 	// receiver splitting on CR or LF sees, and no end-of-data look-alike leaves unchanged.
 	data := CRLF(in.Data)
-	if n := HeaderLen(data); n > maxHeaderBytes(cfg) {
-		return res, &HeaderTooLargeError{Size: n, Limit: maxHeaderBytes(cfg)}
+	if n, limit := HeaderLen(data), int(cfg.SMTP.MaxHeaderBytes); n > limit {
+		return res, &HeaderTooLargeError{Size: n, Limit: limit}
 	}
 	msg, err := rewrite.Parse(data)
 	if err != nil {
@@ -115,13 +130,8 @@ func (p *Pipeline) Process(ctx context.Context, in Input) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	unit := in.Unit
-	if unit == "" && in.UnitHeader {
-		if v, ok := msg.Get("X-Relay-Unit"); ok {
-			unit = strings.TrimSpace(v)
-		}
-	}
-	pin := policy.Input{Unit: unit, Envelope: in.Envelope}
+	pin := policy.Input{Unit: in.Unit, NetworkAllowed: in.NetworkAllowed, Envelope: in.Envelope}
+	pin.UnitHeader, _ = msg.Get("X-Relay-Unit")
 	if orig != nil {
 		pin.From = orig.Address
 	}
@@ -131,14 +141,7 @@ func (p *Pipeline) Process(ctx context.Context, in Input) (Result, error) {
 	}
 	res.Decision = d
 
-	u := policy.FindUnit(cfg, d.Unit)
-	tmpl := cfg.Sender.DisplayName
-	if u != nil && u.DisplayName != "" {
-		tmpl = u.DisplayName
-	}
-	if orig == nil && !d.Rewritten && d.From != "" {
-		// No From header, and the envelope sender may be used as it is: the message leaves
-		// with it as From (RFC 5322 §3.6 requires one, and DKIM signs it).
+	if d.AddFrom {
 		data = append([]byte("From: <"+d.From+">\r\n"), data...)
 		if msg, err = rewrite.Parse(data); err != nil {
 			return res, err
@@ -153,18 +156,15 @@ func (p *Pipeline) Process(ctx context.Context, in Input) (Result, error) {
 		Rewrite:         d.Rewritten,
 		NewFrom:         d.From,
 		Original:        orig,
-		DisplayName:     tmpl,
+		DisplayName:     d.DisplayName,
 		Unit:            d.Unit,
 		ReplyToOriginal: cfg.Sender.ReplyToOriginal,
 		OriginalHeader:  cfg.Sender.OriginalHeader,
-		SenderAllowed: func(addr string) bool {
-			dom := policy.Domain(addr)
-			return policy.Match(cfg.Sender.Domains, dom) || (u != nil && policy.Match(u.Domains, dom))
-		},
-		Hostname:  cfg.Hostname,
-		Received:  in.Received,
-		Now:       now,
-		MessageID: res.ID,
+		SenderAllowed:   d.SenderAllowed,
+		Hostname:        cfg.Hostname,
+		Received:        in.Received,
+		Now:             now,
+		MessageID:       res.ID,
 	}
 	if opts.Received.ID == "" {
 		opts.Received.ID = res.ID
@@ -174,25 +174,6 @@ func (p *Pipeline) Process(ctx context.Context, in Input) (Result, error) {
 	}
 	if opts.Received.For == "" && len(in.To) == 1 {
 		opts.Received.For = in.To[0]
-	}
-	if d.Rewritten {
-		name, addr := "", ""
-		if orig != nil {
-			name, addr = orig.Name, orig.Address
-		}
-		res.FromHeader = rewrite.FromValue(tmpl, name, addr, d.Unit, d.From)
-	} else if orig != nil && orig.Name != "" {
-		res.FromHeader = orig.String()
-	} else {
-		res.FromHeader = d.From
-	}
-	if v, ok := msg.Get("Reply-To"); ok {
-		res.ReplyTo = strings.TrimSpace(v)
-	} else if d.Rewritten && cfg.Sender.ReplyToOriginal && orig != nil {
-		res.ReplyTo = orig.Address
-		if orig.Name != "" {
-			res.ReplyTo = orig.String()
-		}
 	}
 
 	// The message is built once, behind room for the signatures, which then go in front of
@@ -292,16 +273,6 @@ func HeaderLen(b []byte) int {
 		return i + 4
 	}
 	return len(b)
-}
-
-// defaultMaxHeaderBytes is [smtp] max_header_bytes when a Config built by hand has none.
-const defaultMaxHeaderBytes = 1 << 20
-
-func maxHeaderBytes(cfg *config.Config) int {
-	if cfg.SMTP.MaxHeaderBytes <= 0 {
-		return defaultMaxHeaderBytes
-	}
-	return int(cfg.SMTP.MaxHeaderBytes)
 }
 
 // HeaderTooLargeError is a header block over [smtp] max_header_bytes (SPEC §7).

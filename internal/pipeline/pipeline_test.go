@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"relay/internal/config"
+	"relay/internal/dkimkey"
 	"relay/internal/policy"
 	"relay/internal/signer"
 )
@@ -72,8 +73,8 @@ func TestProcessSubmitsSignedRewrittenMessage(t *testing.T) {
 	})
 	require.NoError(t, err)
 	require.Equal(t, policy.FallbackGlobal, res.Decision.Reason)
-	require.Equal(t, `"Alice via Example" <noreply@example.net>`, res.FromHeader)
-	require.Equal(t, `"Alice" <alice@gmail.com>`, res.ReplyTo)
+	require.Equal(t, `"Alice via Example" <noreply@example.net>`, res.FromHeader())
+	require.Equal(t, `"Alice" <alice@gmail.com>`, res.ReplyTo())
 	require.Equal(t, "abc", rec.id)
 	require.Equal(t, "noreply@example.net", rec.from)
 	require.True(t, bytes.HasPrefix(rec.data, []byte("DKIM-Signature:")))
@@ -90,7 +91,7 @@ func TestProcessNoFromHeader(t *testing.T) {
 		Data: []byte("Subject: hi\r\n\r\nbody\r\n")})
 	require.NoError(t, err)
 	require.False(t, res.Decision.Rewritten)
-	require.Equal(t, "app@example.com", res.FromHeader)
+	require.Equal(t, "<app@example.com>", res.FromHeader(), "as the message carries it")
 	require.Contains(t, string(rec.data), "\r\nFrom: <app@example.com>\r\n")
 
 	// Disallowed envelope: the fallback, with the envelope shown as the original.
@@ -98,14 +99,14 @@ func TestProcessNoFromHeader(t *testing.T) {
 		Data: []byte("Subject: hi\r\n\r\nbody\r\n")})
 	require.NoError(t, err)
 	require.True(t, res.Decision.Rewritten)
-	require.Equal(t, `"app at gmail.com via Example" <noreply@example.net>`, res.FromHeader)
+	require.Equal(t, `"app at gmail.com via Example" <noreply@example.net>`, res.FromHeader())
 	require.Contains(t, string(rec.data), "\r\nFrom: \"app at gmail.com via Example\" <noreply@example.net>\r\n")
 }
 
 func TestProcessUnitHeader(t *testing.T) {
-	p := New(load(t, ""), nil, nil)
+	p := New(load(t, "[smtp]\ntrust_unit_header = true"), nil, nil)
 	msg := []byte("X-Relay-Unit: sales\r\nFrom: a@gmail.com\r\n\r\nbody\r\n")
-	res, err := p.Process(context.Background(), Input{Data: msg, UnitHeader: true})
+	res, err := p.Process(context.Background(), Input{Data: msg, NetworkAllowed: true})
 	require.NoError(t, err)
 	require.Equal(t, "sales", res.Decision.Unit)
 	require.Equal(t, "sales@example.com", res.Decision.From)
@@ -115,6 +116,11 @@ func TestProcessUnitHeader(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "", res.Decision.Unit, "the header counts only when the client may use it")
 	require.NotContains(t, string(res.Message), "X-Relay-Unit")
+
+	p = New(load(t, ""), nil, nil)
+	res, err = p.Process(context.Background(), Input{Data: msg, NetworkAllowed: true})
+	require.NoError(t, err)
+	require.Equal(t, "", res.Decision.Unit, "nor without trust_unit_header")
 }
 
 func TestProcessSwap(t *testing.T) {
@@ -232,6 +238,8 @@ func BenchmarkPipeline(b *testing.B) {
 	} {
 		st := load(b, "")
 		st.Config.DKIM.PrivateKey = filepath.Join(keys, key.file)
+		st.Config.DKIM.Signer, err = dkimkey.Load(st.Config.DKIM.PrivateKey)
+		require.NoError(b, err)
 		sg, err := signer.New(st.Config.DKIM)
 		require.NoError(b, err)
 		st.Signer = sg

@@ -1,7 +1,11 @@
-// Package policy owns the one decision of the relay: which From and envelope sender a
-// message leaves with, and why (SPEC §4). It is a pure function of its input, the
-// configuration and the answers of an Authorizer; it never performs I/O except through that
-// Authorizer, never logs, and knows nothing of SMTP.
+// Package policy owns the one decision of the relay: which business unit a message belongs
+// to, which From and envelope sender it leaves with and why (SPEC §4), how a rewritten From
+// is named, which Sender header may stay, and which domain signs it (SPEC §6). Decide is a
+// pure function of its input, the configuration and the answers of an Authorizer: it never
+// performs I/O except through that Authorizer and never logs. The SMTP front end, `relay
+// send`, the HTTP preview and the DNS doctor all call Decide. The errors it returns for
+// the client (an unknown unit, a deferred check) carry the SMTP reply to give (SMTPReply),
+// so that the front end need not know them.
 package policy
 
 import (
@@ -11,6 +15,7 @@ import (
 	"strings"
 
 	"relay/internal/config"
+	"relay/internal/names"
 )
 
 // Reason says why the effective From is what it is.
@@ -42,7 +47,14 @@ type Authorizer interface {
 
 // Input is what the session knows about one message.
 type Input struct {
-	Unit     string // business unit name, "" for none
+	// Unit is the business unit the sender is entitled to: the authenticated user's, or
+	// one the operator names (relay send -unit, the preview API); "" for none.
+	Unit string
+	// UnitHeader is the message's X-Relay-Unit value ("" when absent). It names the unit
+	// only when Unit is "" and the client is in allow_networks with trust_unit_header.
+	UnitHeader     string
+	NetworkAllowed bool
+
 	From     string // header From address, "" when the message has none
 	Envelope string // MAIL FROM address, "" for the null sender <>
 }
@@ -61,10 +73,34 @@ type Decision struct {
 	EnvelopeRewritten bool
 	EnvelopeDetail    string
 
-	// DKIMDomain is the d= the message should be signed with (SPEC §6); Delegated tells
-	// the signer to use the default key for it.
+	// DKIMDomain is the d= the message is signed with (SPEC §6). Delegated records that
+	// it is the From domain through dkim-delegated (signed with the default key).
 	DKIMDomain string
 	Delegated  bool
+
+	// DisplayName is the template of a rewritten From's display name: the unit's
+	// display_name, else [sender] display_name.
+	DisplayName string
+	// AddFrom is set when the message has no From header and the envelope sender may be
+	// used as it is: the message then leaves with "From: <From>" (RFC 5322 §3.6 requires
+	// one, and DKIM signs it).
+	AddFrom bool
+
+	// senderLists are the allowed-domain lists a Sender header's domain is matched
+	// against (SenderAllowed): [sender]'s and the unit's.
+	senderLists [][]string
+}
+
+// SenderAllowed reports whether a Sender header with addr may stay (SPEC §5): its domain
+// is on the allowed lists that apply to the message.
+func (d Decision) SenderAllowed(addr string) bool {
+	dom := names.AddressDomain(addr)
+	for _, l := range d.senderLists {
+		if Match(l, dom) {
+			return true
+		}
+	}
+	return false
 }
 
 // UnknownUnitError is returned for a unit name the configuration does not define.
@@ -93,16 +129,25 @@ var ErrNoAuthorizer = errors.New("policy: live checks enabled without an authori
 // Decide returns the effective sender for in under cfg. auth may be nil when neither SPF
 // nor delegation checks are enabled.
 func Decide(ctx context.Context, cfg *config.Config, auth Authorizer, in Input) (Decision, error) {
-	unit := FindUnit(cfg, in.Unit)
-	if in.Unit != "" && unit == nil {
-		return Decision{}, &UnknownUnitError{Unit: in.Unit}
+	// SPEC §4.1: the entitled unit; else, for a trusted network client, the header's.
+	name := in.Unit
+	if name == "" && in.NetworkAllowed && cfg.SMTP.TrustUnitHeader {
+		name = strings.TrimSpace(in.UnitHeader)
+	}
+	unit := FindUnit(cfg, name)
+	if name != "" && unit == nil {
+		return Decision{}, &UnknownUnitError{Unit: name}
 	}
 	if auth == nil && (cfg.SPF.Enabled || cfg.DKIM.DelegationCheck) {
 		return Decision{}, ErrNoAuthorizer
 	}
-	d := Decision{}
+	d := Decision{DisplayName: cfg.Sender.DisplayName, senderLists: [][]string{cfg.Sender.Domains}}
 	if unit != nil {
 		d.Unit = unit.Name
+		d.senderLists = append(d.senderLists, unit.Domains)
+		if unit.DisplayName != "" {
+			d.DisplayName = unit.DisplayName
+		}
 	}
 	fallback, fallbackReason := cfg.Sender.Fallback, FallbackGlobal
 	if unit != nil && unit.Fallback != "" {
@@ -148,6 +193,7 @@ func Decide(ctx context.Context, cfg *config.Config, auth Authorizer, in Input) 
 		return Decision{}, &DeferError{Detail: deferred}
 	}
 
+	d.AddFrom = in.From == "" && !d.Rewritten && d.From != ""
 	d.DKIMDomain = dkimDomain(cfg, d)
 	return d, nil
 }
@@ -181,7 +227,7 @@ func bounceAddress(cfg *config.Config, unit *config.Unit, fallback string) strin
 // under DMARC's relaxed alignment (the default, RFC 7489 §3.1.1) d=example.com aligns with
 // From: x@mail.example.com, where the fallback's domain would not.
 func dkimDomain(cfg *config.Config, d Decision) string {
-	dom := Domain(d.From)
+	dom := names.AddressDomain(d.From)
 	best := ""
 	for _, k := range cfg.DKIM.Keys {
 		kd := strings.ToLower(k.Domain)
@@ -201,7 +247,7 @@ func dkimDomain(cfg *config.Config, d Decision) string {
 	if cfg.DKIM.Domain != "" {
 		return cfg.DKIM.Domain
 	}
-	return Domain(cfg.Sender.Fallback)
+	return names.AddressDomain(cfg.Sender.Fallback)
 }
 
 type verdict struct {
@@ -212,7 +258,7 @@ type verdict struct {
 }
 
 func judge(ctx context.Context, cfg *config.Config, auth Authorizer, unit *config.Unit, addr string, delegation bool) verdict {
-	dom := Domain(addr)
+	dom := names.AddressDomain(addr)
 	if dom == "" {
 		return verdict{detail: fmt.Sprintf("%q: no valid domain", addr)}
 	}
@@ -242,24 +288,6 @@ func judge(ctx context.Context, cfg *config.Config, auth Authorizer, unit *confi
 	}
 	return verdict{temporary: temporary, detail: dom + ": " + strings.Join(why, "; ")}
 }
-
-// Domain returns the lower-case A-label domain of addr, or "" when it has none or the
-// domain is not valid IDNA.
-func Domain(addr string) string {
-	i := strings.LastIndexByte(addr, '@')
-	if i < 0 {
-		return ""
-	}
-	d, err := NormalizeDomain(addr[i+1:])
-	if err != nil {
-		return ""
-	}
-	return d
-}
-
-// NormalizeDomain lower-cases d and converts it to its A-label (punycode) form, dropping a
-// final dot; it is config.NormalizeDomain, which the allowed lists were normalised with.
-func NormalizeDomain(d string) (string, error) { return config.NormalizeDomain(d) }
 
 // Match reports whether domain (normalised) is in patterns (normalised): an exact entry,
 // or "*.parent" for any subdomain of parent, not parent itself.

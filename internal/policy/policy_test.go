@@ -10,7 +10,7 @@ import (
 )
 
 // answers is a table-driven Authorizer: the policy is pure, so its tests feed it the
-// answers the DNS would give (the DNS itself is tested in package dnsx).
+// answers the DNS would give (the DNS itself is tested in package authz).
 type answers struct {
 	spf, dkim map[string]Check
 	calls     []string
@@ -170,7 +170,7 @@ func TestDecide(t *testing.T) {
 			in:   Input{Envelope: "alice@example.com"},
 			want: Decision{FromOriginal: "alice@example.com", From: "alice@example.com", Reason: AllowedDomain,
 				Detail: "example.com: listed in [sender] allowed_domains", Envelope: "alice@example.com",
-				EnvelopeDetail: "example.com: listed in [sender] allowed_domains", DKIMDomain: "relay.example.net"},
+				EnvelopeDetail: "example.com: listed in [sender] allowed_domains", DKIMDomain: "relay.example.net", AddFrom: true},
 		},
 		{
 			name: "neither From nor envelope: fallback",
@@ -228,6 +228,7 @@ func TestDecide(t *testing.T) {
 			}
 			got, err := Decide(context.Background(), cfg, auth, tt.in)
 			require.NoError(t, err)
+			got.senderLists = nil // TestSenderAllowed
 			require.Equal(t, tt.want, got)
 		})
 	}
@@ -299,13 +300,58 @@ func TestMatch(t *testing.T) {
 	}
 }
 
-func TestDomain(t *testing.T) {
-	require.Equal(t, "example.com", Domain("A@Example.COM"))
-	require.Equal(t, "xn--bcher-kva.example", Domain("x@Bücher.example"))
-	require.Equal(t, "example.com", Domain("x@example.com."))
-	require.Equal(t, "", Domain("no-at-sign"))
-	// Full-width letters would map to example.com under UTS 46, but the header keeps them,
-	// and receivers do not map: such a domain must not match the ASCII one.
-	require.NotEqual(t, "example.com", Domain("ceo@ｅｘａｍｐｌｅ.com"))
-	require.Equal(t, "b.example", Domain(`"a@b"@b.example`))
+func TestSenderAllowed(t *testing.T) {
+	d, err := Decide(context.Background(), testConfig(), &answers{}, Input{Unit: "sales", From: "a@example.com"})
+	require.NoError(t, err)
+	require.True(t, d.SenderAllowed("x@example.com"))
+	require.True(t, d.SenderAllowed("x@a.example.org"))
+	require.True(t, d.SenderAllowed("x@partner.example"), "the unit's list")
+	require.False(t, d.SenderAllowed("x@gmail.com"))
+	d, err = Decide(context.Background(), testConfig(), &answers{}, Input{From: "a@example.com"})
+	require.NoError(t, err)
+	require.False(t, d.SenderAllowed("x@partner.example"), "not without the unit")
+}
+
+func TestUnitAndTemplate(t *testing.T) {
+	cfg := testConfig()
+	cfg.Sender.DisplayName = "{name} via Example"
+	cfg.Units[0].DisplayName = "{name} via Sales"
+	cfg.SMTP.TrustUnitHeader = true
+	for _, tc := range []struct {
+		name string
+		in   Input
+		unit string
+		tmpl string
+	}{
+		{"entitled unit", Input{Unit: "sales"}, "sales", "{name} via Sales"},
+		{"entitled unit beats the header", Input{Unit: "ops", UnitHeader: "sales", NetworkAllowed: true}, "ops", "{name} via Example"},
+		{"header from a trusted network", Input{UnitHeader: " Sales ", NetworkAllowed: true}, "sales", "{name} via Sales"},
+		{"header from elsewhere ignored", Input{UnitHeader: "sales"}, "", "{name} via Example"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.in.From = "a@gmail.com"
+			d, err := Decide(context.Background(), cfg, &answers{}, tc.in)
+			require.NoError(t, err)
+			require.Equal(t, tc.unit, d.Unit)
+			require.Equal(t, tc.tmpl, d.DisplayName)
+		})
+	}
+	cfg.SMTP.TrustUnitHeader = false
+	d, err := Decide(context.Background(), cfg, &answers{}, Input{UnitHeader: "sales", NetworkAllowed: true, From: "a@gmail.com"})
+	require.NoError(t, err)
+	require.Equal(t, "", d.Unit, "trust_unit_header off")
+	_, err = Decide(context.Background(), testConfig(), &answers{}, Input{UnitHeader: "nope", NetworkAllowed: true})
+	require.NoError(t, err, "an untrusted header naming no unit is ignored")
+}
+
+func TestAddFrom(t *testing.T) {
+	d, err := Decide(context.Background(), testConfig(), &answers{}, Input{Envelope: "app@example.com"})
+	require.NoError(t, err)
+	require.True(t, d.AddFrom)
+	d, err = Decide(context.Background(), testConfig(), &answers{}, Input{Envelope: "app@gmail.com"})
+	require.NoError(t, err)
+	require.False(t, d.AddFrom, "rewritten: the rewrite writes the From")
+	d, err = Decide(context.Background(), testConfig(), &answers{}, Input{From: "a@example.com", Envelope: "app@example.com"})
+	require.NoError(t, err)
+	require.False(t, d.AddFrom)
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"relay/internal/names"
 )
 
 // Received is the trace information of the Received field the relay prepends
@@ -100,7 +102,7 @@ func AppendApply(dst []byte, m *Message, o Options) []byte {
 			np, ap := formatAddress(name, o.Original.Address)
 			add = appendAddressField(add, "Reply-To", np, ap)
 		}
-		if from >= 0 && ValidFieldName(o.OriginalHeader) {
+		if from >= 0 && names.FieldName(o.OriginalHeader) {
 			add = appendOriginal(add, o.OriginalHeader, m.Fields[from].Value())
 		}
 	}
@@ -126,7 +128,7 @@ func AppendApply(dst []byte, m *Message, o Options) []byte {
 	tail := add[fromEnd:]
 	// The relay owns the original-From record's name on rewrite: a client's field of that
 	// name, kept next to ours, would name whatever sender the client liked.
-	dropOriginal := o.Rewrite && ValidFieldName(o.OriginalHeader)
+	dropOriginal := o.Rewrite && names.FieldName(o.OriginalHeader)
 
 	// First pass: which fields stay out (their indexes, ascending, in dropped) and the exact
 	// size of the output, so that dst grows at most once and only when it must.
@@ -260,23 +262,15 @@ func appendOriginal(b []byte, name string, v []byte) []byte {
 	}
 }
 
-// FromValue returns the value of the rewritten From field, unfolded: the display-name
-// template expanded ({name} is the original display name, or the original address when
-// there is none or it shows nothing; {address}; {unit}), cleaned (control characters
-// removed, every '@' written " at " so that no address appears in it, white space
-// collapsed), encoded as RFC 2047 encoded-words when not ASCII or quoted when it is, then
-// newAddr in angle brackets: `"Alice via Sales" <sales@example.com>`. An empty display name
-// leaves just `<newAddr>`, and so does an original with neither name nor address (a message
-// without From and with the null envelope sender): the template would only say "via
-// Example" of nobody.
-func FromValue(template, name, address, unit, newAddr string) string {
-	np, ap := fromParts(template, name, address, unit, newAddr)
-	if np == "" {
-		return ap
-	}
-	return np + " " + ap
-}
-
+// fromParts returns the two parts of the rewritten From field: the display-name template
+// expanded ({name} is the original display name, or the original address when there is
+// none or it shows nothing; {address}; {unit}), cleaned (control characters removed, every
+// '@' written " at " so that no address appears in it, white space collapsed), encoded as
+// RFC 2047 encoded-words when not ASCII or quoted when it is; and newAddr in angle
+// brackets: `"Alice via Sales"`, `<sales@example.com>`. An empty display name leaves just
+// the address, and so does an original with neither name nor address (a message without
+// From and with the null envelope sender): the template would only say "via Example" of
+// nobody.
 func fromParts(template, name, address, unit, newAddr string) (namePart, addrPart string) {
 	if !hasText(name) {
 		if !hasText(address) {

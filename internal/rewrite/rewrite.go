@@ -121,20 +121,6 @@ func nameLen(l []byte) int {
 	return n
 }
 
-// ValidFieldName reports whether s can be used as a header field name (RFC 5322 §2.2:
-// printable ASCII except ':'), e.g. for [sender] original_header.
-func ValidFieldName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] >= 0x7f || s[i] == ':' {
-			return false
-		}
-	}
-	return true
-}
-
 // commonNames spares Parse an allocation per field for the names nearly every message uses.
 // It is read-only.
 var commonNames = func() map[string]string {

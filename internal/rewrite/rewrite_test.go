@@ -235,7 +235,29 @@ func TestFromCharsets(t *testing.T) {
 	}
 }
 
-func TestFromValue(t *testing.T) {
+// rewrittenFrom is the From field (unfolded) of a message whose From, with display name
+// and address, is rewritten to newAddr under template.
+func rewrittenFrom(t *testing.T, template, name, addr, unit, newAddr string) string {
+	t.Helper()
+	in := "Subject: x\r\n\r\nbody\r\n"
+	var orig *mail.Address
+	if addr != "" || name != "" {
+		orig = &mail.Address{Name: name, Address: addr}
+		in = "From: <" + addr + ">\r\n" + in
+	}
+	m, err := Parse([]byte(in))
+	require.NoError(t, err)
+	out, err := Parse(Apply(m, Options{Rewrite: true, NewFrom: newAddr, Original: orig, DisplayName: template,
+		Unit: unit, Hostname: "relay.test", Now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), MessageID: "id"}))
+	require.NoError(t, err)
+	v, ok := out.Get("From")
+	require.True(t, ok)
+	return v
+}
+
+// TestRewrittenFrom: the display name rules of SPEC §5, as the outgoing message carries
+// them.
+func TestRewrittenFrom(t *testing.T) {
 	const to = "sales@example.com"
 	for _, tc := range []struct {
 		name, template, dname, addr, unit, want string
@@ -263,7 +285,7 @@ func TestFromValue(t *testing.T) {
 		{"blank name and no address", "{name} {address}", " \t", "", "Sales", `<sales@example.com>`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := FromValue(tc.template, tc.dname, tc.addr, tc.unit, to)
+			got := rewrittenFrom(t, tc.template, tc.dname, tc.addr, tc.unit, to)
 			require.Equal(t, tc.want, got)
 			a, err := mail.ParseAddress(got)
 			require.NoError(t, err)

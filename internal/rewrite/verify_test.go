@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+
+	"relay/internal/names"
 )
 
 // verify checks the invariants every output of Apply must hold, whatever the input: the
@@ -58,7 +60,7 @@ func verify(in *Message, o Options, out []byte) error {
 		}
 	}
 
-	if o.Rewrite && ValidFieldName(o.OriginalHeader) {
+	if o.Rewrite && names.FieldName(o.OriginalHeader) {
 		// The original-From record is the relay's alone: exactly one when the input had a
 		// From to record, none otherwise, whatever the client wrote under that name.
 		n, want := 0, 0
@@ -103,7 +105,7 @@ func droppable(f Field, o Options) bool {
 		return true
 	case o.Rewrite && (strings.EqualFold(f.Name, "From") || strings.EqualFold(f.Name, "Sender")):
 		return true
-	case o.Rewrite && ValidFieldName(o.OriginalHeader) && strings.EqualFold(f.Name, o.OriginalHeader):
+	case o.Rewrite && names.FieldName(o.OriginalHeader) && strings.EqualFold(f.Name, o.OriginalHeader):
 		return true
 	}
 	return false

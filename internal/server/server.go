@@ -15,10 +15,11 @@ import (
 	"sync"
 	"time"
 
+	"relay/internal/authz"
 	"relay/internal/config"
 	"relay/internal/deliver"
-	"relay/internal/dnsx"
 	"relay/internal/pipeline"
+	"relay/internal/resolver"
 	"relay/internal/rewrite"
 	"relay/internal/signer"
 	"relay/internal/smtpd"
@@ -250,7 +251,7 @@ func withAuth(cfg *config.Config, sg *signer.Signer, prev *pipeline.State) (*pip
 		return st, nil
 	}
 	if prev != nil {
-		if a, ok := prev.Auth.(*dnsx.Authorizer); ok && a != nil {
+		if a, ok := prev.Auth.(*authz.Authorizer); ok && a != nil {
 			if err := a.Reload(cfg, sg.DefaultPublicKey()); err != nil {
 				return nil, fmt.Errorf("dns resolver: %w", err)
 			}
@@ -258,11 +259,11 @@ func withAuth(cfg *config.Config, sg *signer.Signer, prev *pipeline.State) (*pip
 			return st, nil
 		}
 	}
-	r, err := dnsx.NewResolver(cfg.DNS.Servers, cfg.DNS.Timeout.Duration)
+	r, err := resolver.New(cfg.DNS.Servers, cfg.DNS.Timeout.Duration)
 	if err != nil {
 		return nil, fmt.Errorf("dns resolver: %w", err)
 	}
-	st.Auth = dnsx.NewAuthorizer(cfg, r, sg.DefaultPublicKey())
+	st.Auth = authz.New(cfg, r, sg.DefaultPublicKey())
 	return st, nil
 }
 
@@ -280,16 +281,16 @@ func (h handler) Handle(ctx context.Context, m *smtpd.Inbound) (string, error) {
 	if m.User != "" {
 		proto += "A"
 	}
+	// The pipeline makes the queue id (one place for every message: SMTP, relay send,
+	// DSNs); the front end's log line gets it through the error.
 	res, err := h.p.Process(ctx, pipeline.Input{
-		ID: m.ID, Envelope: m.From, To: m.To, Data: m.Data,
-		Unit:       m.UserUnit,
-		UnitHeader: m.UserUnit == "" && m.NetworkAllowed && h.p.State().Config.SMTP.TrustUnitHeader,
-		Received: rewrite.Received{Helo: m.Helo, ClientIP: m.ClientIP.String(), Proto: proto,
-			ID: m.ID, Time: m.Received},
-		Client: m.ClientIP.String(), User: m.User,
+		Envelope: m.From, To: m.To, Data: m.Data,
+		Unit: m.UserUnit, NetworkAllowed: m.NetworkAllowed,
+		Received: rewrite.Received{Helo: m.Helo, ClientIP: m.ClientIP.String(), Proto: proto, Time: m.Received},
+		Client:   m.ClientIP.String(), User: m.User,
 	})
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("message %s: %w", res.ID, err)
 	}
 	if h.dry {
 		return fmt.Sprintf("dry run: would send as <%s> (%s)", res.Decision.From, res.Decision.Reason), nil

@@ -5,18 +5,10 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-)
 
-// DefaultHeaders is the h= list when [dkim] headers is empty (SPEC §3): the fields a
-// receiver shows or acts on (RFC 6376 §5.4.1), plus the one-click unsubscribe pair, whose
-// POST target must not be replaceable (RFC 8058 §4).
-func DefaultHeaders() []string {
-	return []string{
-		"From", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID", "MIME-Version",
-		"Content-Type", "Content-Transfer-Encoding", "In-Reply-To", "References",
-		"List-Unsubscribe", "List-Unsubscribe-Post",
-	}
-}
+	"relay/internal/config"
+	"relay/internal/names"
+)
 
 // oversigned are the fields listed in h= once more than the message holds them (RFC 6376
 // §8.15), so that one added after signing breaks the signature: From, because it is what
@@ -34,13 +26,11 @@ type headerSet struct {
 
 func newHeaderSet(cfg []string) (headerSet, error) {
 	if len(cfg) == 0 {
-		cfg = DefaultHeaders()
+		cfg = config.DefaultHeaders()
 	}
 	var hs headerSet
 	for i, n := range cfg {
-		// A field name is printable ASCII except ':' (RFC 5322 §3.6.8); ';' is allowed
-		// there but ends a tag in DKIM-Signature, so it would corrupt the h= tag too.
-		if n == "" || strings.IndexFunc(n, func(r rune) bool { return r <= ' ' || r > '~' || r == ':' || r == ';' }) >= 0 {
+		if !names.FieldName(n) {
 			return headerSet{}, fmt.Errorf("dkim.headers[%d]: %q is not a header field name", i, n)
 		}
 		// Existing DKIM-Signature fields are kept unsigned (SPEC §6): signing one would

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"relay/internal/config"
 	"relay/internal/dkimkey"
 	"relay/internal/dnstest"
+	"relay/internal/names"
 )
 
 // testKeys are made once per test binary: RSA-2048 generation is the slow part of the
@@ -206,9 +208,29 @@ func dkimConfig(defPath string, ks ...config.DKIMKey) config.DKIM {
 
 func newSigner(t testing.TB, cfg config.DKIM) *Signer {
 	t.Helper()
-	s, err := New(cfg)
+	s, err := New(loaded(t, cfg))
 	require.NoError(t, err)
 	return s
+}
+
+// loaded does to cfg what config.Load does: it loads the keys from their files and
+// normalises the domains.
+func loaded(t testing.TB, cfg config.DKIM) config.DKIM {
+	t.Helper()
+	var err error
+	if cfg.PrivateKey != "" {
+		cfg.Signer, err = dkimkey.Load(cfg.PrivateKey)
+		require.NoError(t, err)
+	}
+	cfg.Keys = slices.Clone(cfg.Keys)
+	for i := range cfg.Keys {
+		k := &cfg.Keys[i]
+		k.Signer, err = dkimkey.Load(k.PrivateKey)
+		require.NoError(t, err)
+		k.Domain, err = names.Domain(k.Domain)
+		require.NoError(t, err)
+	}
+	return cfg
 }
 
 func sign(t testing.TB, s *Signer, domain string, msg []byte) []byte {

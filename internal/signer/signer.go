@@ -1,7 +1,7 @@
 // Package signer owns DKIM signing (SPEC §6): it picks the key(s) for a d= domain and
 // produces the DKIM-Signature field(s) to prepend to an outgoing message. It never rewrites
-// the message and never decides which domain to sign as; policy did (Decision.DKIMDomain,
-// Decision.Delegated).
+// the message and never decides which domain to sign as: its caller passes the d= that
+// policy chose (Decision.DKIMDomain).
 package signer
 
 import (
@@ -15,8 +15,7 @@ import (
 	"time"
 
 	"relay/internal/config"
-	"relay/internal/dkimkey"
-	"relay/internal/policy"
+	"relay/internal/names"
 )
 
 // Signer signs messages with the keys of one configuration. It is immutable after New and
@@ -44,52 +43,26 @@ type KeyInfo struct {
 	Public crypto.PublicKey
 }
 
-// New loads every key of cfg (paths are absolute: config.Load resolved them). Errors name
-// the config key: `dkim.keys[1].private_key: /x/y.pem: no PEM block found`.
+// New makes a signer over the keys of cfg as config.Load left it: the keys loaded, the
+// domains normalised, the selectors and header names checked, the default header list
+// filled in. It refuses a [dkim] section whose keys were not loaded.
 func New(cfg config.DKIM) (*Signer, error) {
 	s := &Signer{domains: map[string][]key{}}
 	var err error
 	if s.headers, err = newHeaderSet(cfg.Headers); err != nil {
 		return nil, err
 	}
-
-	if cfg.PrivateKey == "" {
-		// Policy falls back to the default key for every domain without its own key, so
-		// without one most messages could never be signed.
-		return nil, errors.New("dkim.private_key: required")
+	// Policy falls back to the default key for every domain without its own key, so
+	// without one most messages could never be signed.
+	if cfg.Signer == nil {
+		return nil, errors.New("dkim.private_key: no key loaded")
 	}
-	if cfg.Selector == "" {
-		return nil, errors.New("dkim.selector: required")
-	}
-	def, err := loadKey("dkim.private_key", cfg.PrivateKey, cfg.Selector)
-	if err != nil {
-		return nil, err
-	}
-	s.def = []key{def}
-
-	seen := map[string]int{} // "domain/selector" -> index in cfg.Keys
+	s.def = []key{newKey(cfg.Selector, cfg.Signer)}
 	for i, kc := range cfg.Keys {
-		name := fmt.Sprintf("dkim.keys[%d]", i)
-		d, err := policy.NormalizeDomain(kc.Domain)
-		if err != nil {
-			return nil, fmt.Errorf("%s.domain: %w", name, err)
+		if kc.Signer == nil {
+			return nil, fmt.Errorf("dkim.keys[%d].private_key: no key loaded", i)
 		}
-		if d == "" {
-			return nil, fmt.Errorf("%s.domain: required", name)
-		}
-		if kc.Selector == "" {
-			return nil, fmt.Errorf("%s.selector: required", name)
-		}
-		// Two keys under one selector: receivers find one record, so one signature fails.
-		if j, dup := seen[d+"/"+kc.Selector]; dup {
-			return nil, fmt.Errorf("%s.selector: %q for %s is already used by dkim.keys[%d]", name, kc.Selector, d, j)
-		}
-		seen[d+"/"+kc.Selector] = i
-		k, err := loadKey(name+".private_key", kc.PrivateKey, kc.Selector)
-		if err != nil {
-			return nil, err
-		}
-		s.domains[d] = append(s.domains[d], k)
+		s.domains[kc.Domain] = append(s.domains[kc.Domain], newKey(kc.Selector, kc.Signer))
 	}
 	for _, ks := range s.domains {
 		// Ed25519 first (SPEC §6 dual signing): receivers that do not know it skip it and
@@ -113,16 +86,12 @@ const (
 	algoRSA     = "rsa-sha256"     // RFC 6376; rsa-sha1 is forbidden by RFC 8301
 )
 
-func loadKey(name, path, selector string) (key, error) {
-	k, err := dkimkey.Load(path)
-	if err != nil {
-		return key{}, fmt.Errorf("%s: %w", name, err)
-	}
+func newKey(selector string, k crypto.Signer) key {
 	algo := algoRSA
 	if _, ok := k.Public().(ed25519.PublicKey); ok {
 		algo = algoEd25519
 	}
-	return key{selector: selector, algo: algo, signer: k}, nil
+	return key{selector: selector, algo: algo, signer: k}
 }
 
 // keys returns the keys for normalised domain d: its own, else the default key.
@@ -136,7 +105,7 @@ func (s *Signer) keys(d string) []key {
 // Keys describes what Sign would use for domain (d= and s= of each signature, in order).
 // It is nil when domain is not a valid domain name.
 func (s *Signer) Keys(domain string) []KeyInfo {
-	d, err := policy.NormalizeDomain(domain)
+	d, err := names.Domain(domain)
 	if err != nil || d == "" {
 		return nil
 	}
@@ -173,7 +142,7 @@ func (s *Signer) Sign(ctx context.Context, domain string, msg []byte) ([]byte, e
 
 // sign is Sign with its work counted in m.
 func (s *Signer) sign(m *meter, domain string, msg []byte) ([]byte, error) {
-	d, err := policy.NormalizeDomain(domain)
+	d, err := names.Domain(domain)
 	if err != nil {
 		return nil, fmt.Errorf("dkim sign: %w", err)
 	}

@@ -70,7 +70,7 @@ func FuzzDataEnd(f *testing.F) {
 		rest, _ := io.ReadAll(r.tp.R)
 		require.NotContains(t, string(rest), "354", "a smuggled DATA ran: %q", rest)
 
-		var mine []Inbound
+		var mine []recorded
 		for _, m := range h.all() {
 			if m.From == from {
 				mine = append(mine, m)

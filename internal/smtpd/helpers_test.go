@@ -26,23 +26,34 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"relay/internal/config"
+	"relay/internal/queueid"
 )
 
-// recorder is the test Handler: it keeps a copy of every message and answers with reply/err.
+// recorder is the test Handler: it keeps a copy of every message and answers with
+// reply/err, by default "Ok: queued as ID" with an ID of its own (the pipeline makes the
+// real ones).
 type recorder struct {
 	mu    sync.Mutex
-	msgs  []Inbound
+	msgs  []recorded
 	reply string
 	err   error
+}
+
+type recorded struct {
+	Inbound
+	ID string
 }
 
 func (r *recorder) Handle(ctx context.Context, m *Inbound) (string, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	c := *m
+	c := recorded{Inbound: *m, ID: queueid.New(time.Now())}
 	c.Data = bytes.Clone(m.Data)
 	c.To = append([]string(nil), m.To...)
 	r.msgs = append(r.msgs, c)
+	if r.reply == "" && r.err == nil {
+		return "Ok: queued as " + c.ID, nil
+	}
 	return r.reply, r.err
 }
 
@@ -52,10 +63,10 @@ func (r *recorder) set(reply string, err error) {
 	r.mu.Unlock()
 }
 
-func (r *recorder) all() []Inbound {
+func (r *recorder) all() []recorded {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]Inbound(nil), r.msgs...)
+	return append([]recorded(nil), r.msgs...)
 }
 
 const testPassword = "s3cret pass"
@@ -72,16 +83,14 @@ var testHash = sync.OnceValue(func() string {
 // testConfig is a Config as config.Load would leave it: loopback may send without AUTH, one
 // user "crm" in unit "sales".
 func testConfig() *config.Config {
-	return &config.Config{
-		Hostname: "relay.test",
-		SMTP: config.SMTP{
-			MaxMessageBytes: 64 << 10,
-			MaxRecipients:   3,
-			Timeout:         config.Duration{Duration: time.Minute},
-			Networks:        []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
-		},
-		Users: []config.User{{Name: "crm", PasswordHash: testHash(), Unit: "sales"}},
-	}
+	c := config.Defaults()
+	c.Hostname = "relay.test"
+	c.SMTP.MaxMessageBytes = 64 << 10
+	c.SMTP.MaxRecipients = 3
+	c.SMTP.Timeout = config.Duration{Duration: time.Minute}
+	c.SMTP.Networks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	c.Users = []config.User{{Name: "crm", PasswordHash: testHash(), Unit: "sales"}}
+	return c
 }
 
 type fixture struct {
@@ -174,9 +183,11 @@ func withCert(t testing.TB, cfg *config.Config) *tls.Config {
 	dir := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "key.pem"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600))
-	// Relative names, resolved against Dir as config.Load leaves them.
-	cfg.Dir = dir
-	cfg.SMTP.TLSCert, cfg.SMTP.TLSKey = "cert.pem", "key.pem"
+	// As config.Load leaves them: the paths resolved, the pair loaded.
+	cfg.SMTP.TLSCert, cfg.SMTP.TLSKey = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	pair, err := tls.LoadX509KeyPair(cfg.SMTP.TLSCert, cfg.SMTP.TLSKey)
+	require.NoError(t, err)
+	cfg.SMTP.Certificate = &pair
 	cert, err := x509.ParseCertificate(der)
 	require.NoError(t, err)
 	pool := x509.NewCertPool()

@@ -363,10 +363,10 @@ func TestAuthParallelFlood(t *testing.T) {
 	for c := range codes {
 		seen[c]++
 	}
-	require.EqualValues(t, defaultAuthFailures, cnt.calls.Load(), "replies %v", seen)
+	require.EqualValues(t, testConfig().SMTP.AuthFailures, cnt.calls.Load(), "replies %v", seen)
 	require.LessOrEqual(t, cnt.peak.Load(), int32(cap(f.srv.guard.slots)))
-	require.Equal(t, 100-defaultAuthFailures, seen[454], "replies %v", seen)
-	require.Equal(t, defaultAuthFailures, seen[535]+seen[421], "replies %v", seen)
+	require.Equal(t, 100-testConfig().SMTP.AuthFailures, seen[454], "replies %v", seen)
+	require.Equal(t, testConfig().SMTP.AuthFailures, seen[535]+seen[421], "replies %v", seen)
 }
 
 func TestAuthGuardBounded(t *testing.T) {

@@ -16,7 +16,6 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"relay/internal/config"
-	"relay/internal/queueid"
 )
 
 // maxPooledBuf is the largest DATA buffer (capacity) kept for reuse. Most mail is well
@@ -259,7 +258,6 @@ func (s *session) Data(r io.Reader) error {
 
 	now := s.srv.now()
 	in := &Inbound{
-		ID:             queueid.New(now),
 		ClientIP:       s.ip,
 		Helo:           s.sc.Hostname(),
 		TLS:            s.tls,
@@ -278,14 +276,14 @@ func (s *session) Data(r io.Reader) error {
 	if err != nil {
 		reply := toSMTP(err)
 		if reply == errInternal {
-			s.logger().Error("smtp message failed", "id", in.ID, "from", from, "code", reply.Code, "err", err)
+			s.logger().Error("smtp message failed", "from", from, "code", reply.Code, "err", err)
 		} else {
-			s.logger().Info("smtp message rejected", "id", in.ID, "from", from, "code", reply.Code, "reply", reply.Message)
+			s.logger().Info("smtp message rejected", "from", from, "code", reply.Code, "reply", reply.Message)
 		}
 		return reply
 	}
 	if text = oneLine(text); text == "" {
-		text = "Ok: queued as " + in.ID
+		text = "Ok"
 	}
 	// go-smtp writes a returned *SMTPError's code as it is (conn.go dataErrorToStatus), so a
 	// 250 "error" is how the Handler's text reaches the client; with PIPELINING too, since

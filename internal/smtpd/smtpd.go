@@ -13,8 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,7 +25,6 @@ import (
 
 // Inbound is one accepted message handed to the pipeline. Data is valid only during Handle.
 type Inbound struct {
-	ID             string     // queue id made by smtpd with queueid.New
 	ClientIP       netip.Addr // after any PROXY header
 	Helo           string
 	TLS            bool
@@ -48,16 +45,6 @@ type Handler interface {
 	// other error is an internal fault, answered 451 4.3.0 and logged.
 	Handle(ctx context.Context, m *Inbound) (string, error)
 }
-
-// Defaults for zero values in a Config built by hand (config.Load fills the same ones).
-const (
-	defaultMaxMessageBytes  = 26214400
-	defaultMaxRecipients    = 100
-	defaultTimeout          = 5 * time.Minute
-	defaultMaxConnections   = 1000
-	defaultMaxConnectionsIP = 50
-	defaultAuthFailures     = 5
-)
 
 // Per-connection caps against clients that hold a connection without using it: a session
 // lasts at most maxSessionLifetime and may send at most maxCommands commands (Exim's
@@ -432,10 +419,7 @@ func (s *Server) newGeneration(cfg *config.Config, prev *generation) (*generatio
 	if cfg == nil {
 		return nil, errors.New("smtpd: nil config")
 	}
-	tlsCfg, err := loadTLS(cfg)
-	if err != nil {
-		return nil, err
-	}
+	tlsCfg := tlsConfig(cfg)
 	g := &generation{
 		cfg:      cfg,
 		tls:      tlsCfg,
@@ -444,21 +428,12 @@ func (s *Server) newGeneration(cfg *config.Config, prev *generation) (*generatio
 		timeout:  cfg.SMTP.Timeout.Duration,
 		ln:       newChanListener(),
 
-		maxConns:     orDefault(cfg.SMTP.MaxConnections, defaultMaxConnections),
-		maxConnsIP:   orDefault(cfg.SMTP.MaxConnectionsIP, defaultMaxConnectionsIP),
-		authFailures: orDefault(cfg.SMTP.AuthFailures, defaultAuthFailures),
+		maxConns:     cfg.SMTP.MaxConnections,
+		maxConnsIP:   cfg.SMTP.MaxConnectionsIP,
+		authFailures: cfg.SMTP.AuthFailures,
 		bareReject:   cfg.SMTP.BareNewline == "reject",
 	}
-	if g.maxBytes <= 0 {
-		g.maxBytes = defaultMaxMessageBytes
-	}
-	if g.timeout <= 0 {
-		g.timeout = defaultTimeout
-	}
 	maxRcpt := cfg.SMTP.MaxRecipients
-	if maxRcpt <= 0 {
-		maxRcpt = defaultMaxRecipients
-	}
 	for i, u := range cfg.Users {
 		cost, err := bcrypt.Cost([]byte(u.PasswordHash))
 		if err != nil {
@@ -472,21 +447,18 @@ func (s *Server) newGeneration(cfg *config.Config, prev *generation) (*generatio
 		// long to refuse as a wrong password.
 		if prev != nil && prev.dummyCost == g.dummyCost && prev.dummy != nil {
 			g.dummy = prev.dummy
-		} else if g.dummy, err = dummyHash(g.dummyCost); err != nil {
-			return nil, err
-		}
-	}
-	host := cfg.Hostname
-	if host == "" {
-		if host, err = os.Hostname(); err != nil {
-			host = "localhost"
+		} else {
+			var err error
+			if g.dummy, err = dummyHash(g.dummyCost); err != nil {
+				return nil, err
+			}
 		}
 	}
 
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		return s.newSession(g, c)
 	}))
-	srv.Domain = host
+	srv.Domain = cfg.Hostname
 	srv.MaxMessageBytes = g.maxBytes
 	srv.MaxRecipients = maxRcpt
 	srv.MaxLineLength = maxLineLength
@@ -507,33 +479,12 @@ func (s *Server) newGeneration(cfg *config.Config, prev *generation) (*generatio
 	return g, nil
 }
 
-func orDefault(v, def int) int {
-	if v <= 0 {
-		return def
+// tlsConfig serves the certificate config.Load loaded (nil: no TLS).
+func tlsConfig(cfg *config.Config) *tls.Config {
+	if cfg.SMTP.Certificate == nil {
+		return nil
 	}
-	return v
-}
-
-func loadTLS(cfg *config.Config) (*tls.Config, error) {
-	certFile, keyFile := cfg.SMTP.TLSCert, cfg.SMTP.TLSKey
-	if certFile == "" && keyFile == "" {
-		return nil, nil
-	}
-	if certFile == "" || keyFile == "" {
-		return nil, errors.New("smtpd: smtp.tls_cert and smtp.tls_key must be set together")
-	}
-	cert, err := tls.LoadX509KeyPair(resolve(cfg.Dir, certFile), resolve(cfg.Dir, keyFile))
-	if err != nil {
-		return nil, fmt.Errorf("smtpd: smtp.tls_cert %s: %w", certFile, err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
-}
-
-func resolve(dir, p string) string {
-	if dir == "" || filepath.IsAbs(p) {
-		return p
-	}
-	return filepath.Join(dir, p)
+	return &tls.Config{Certificates: []tls.Certificate{*cfg.SMTP.Certificate}, MinVersion: tls.VersionTLS12}
 }
 
 func inPrefixes(ip netip.Addr, ps []netip.Prefix) bool {
