@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -270,4 +271,71 @@ func dialWithPreamble(t *testing.T, addr, preamble string) *raw {
 	r.write(preamble)
 	r.expect(220, "")
 	return r
+}
+
+// FuzzProxyHeader reads a PROXY header built from the fuzzed client address, port and
+// version, followed by arbitrary bytes, from a trusted balancer: the client must come out
+// as the header said, and every byte after the header must reach go-smtp unchanged, in
+// order, whether it was read along with the header or later from the socket. Arbitrary
+// garbage in place of a header must be refused, never taken for a client address.
+func FuzzProxyHeader(f *testing.F) {
+	f.Add([]byte{203, 0, 113, 7}, uint16(54321), false, []byte("EHLO x\r\n"), []byte("garbage"))
+	f.Add([]byte{0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7}, uint16(80), true, []byte{}, []byte("PROXY TCP4 1.2.3.4\r\n"))
+	f.Fuzz(func(t *testing.T, ip []byte, port uint16, v2 bool, rest, garbage []byte) {
+		addr, ok := netip.AddrFromSlice(ip)
+		if !ok || port == 0 {
+			t.Skip()
+		}
+		addr = addr.Unmap()
+		var hdr string
+		switch {
+		case v2 && addr.Is4():
+			hdr = proxyV2(2, 1, 0x11, append(append(addr.AsSlice(), 192, 0, 2, 1), byte(port>>8), byte(port), 0, 25))
+		case v2:
+			hdr = proxyV2(2, 1, 0x21, append(append(addr.AsSlice(), netip.MustParseAddr("2001:db8::1").AsSlice()...), byte(port>>8), byte(port), 0, 25))
+		case addr.Is4():
+			hdr = "PROXY TCP4 " + addr.String() + " 192.0.2.1 " + itoa(port) + " 25\r\n"
+		default:
+			hdr = "PROXY TCP6 " + addr.String() + " 2001:db8::1 " + itoa(port) + " 25\r\n"
+		}
+		got, remote, err := readThroughProxy(t, []byte(hdr), rest)
+		require.NoError(t, err, "%q", hdr)
+		require.Equal(t, netip.AddrPortFrom(addr, port), remote)
+		require.Equal(t, string(rest), string(got))
+
+		if !bytes.HasPrefix(garbage, []byte("PROXY ")) && !bytes.HasPrefix(garbage, []byte("\r\n\r\n\x00\r\nQUIT\n")) {
+			_, _, err := readThroughProxy(t, garbage, nil)
+			require.Error(t, err, "%q taken for a PROXY header", garbage)
+		}
+	})
+}
+
+func itoa(n uint16) string { return strconv.Itoa(int(n)) }
+
+// readThroughProxy writes hdr then rest into one end of a pipe, reads the PROXY header
+// from the other as a connection from a trusted balancer, then reads what follows.
+func readThroughProxy(t *testing.T, hdr, rest []byte) ([]byte, netip.AddrPort, error) {
+	a, b := net.Pipe()
+	defer a.Close()
+	go func() {
+		a.Write(hdr)
+		if len(rest) > 0 {
+			a.Write(rest)
+		}
+		a.Close()
+	}()
+	c := &conn{Conn: b}
+	if err := c.readProxyHeader(time.Second); err != nil {
+		return nil, netip.AddrPort{}, err
+	}
+	var got bytes.Buffer
+	buf := make([]byte, 7) // small reads: the pending bytes come out across several
+	for {
+		n, err := c.Read(buf)
+		got.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	return got.Bytes(), c.remote, nil
 }
