@@ -1,7 +1,7 @@
 // Package deliver owns the upstream side of the relay: the go-smtp client, the pool of
 // reused connections to the smarthost and the file outbox (SPEC §8). It sends what it is
 // given and reports the upstream's answer; it never retries later, queues or bounces (the
-// spool does), and never turns an answer into a reply to our own clients (smtpd does, through
+// queue does), and never turns an answer into a reply to our own clients (smtpd does, through
 // Error.SMTPReply).
 package deliver
 

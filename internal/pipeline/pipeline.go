@@ -1,8 +1,8 @@
 // Package pipeline owns the path of one message through the middle of the relay: parse the
 // header, decide the effective sender (policy), rewrite, sign, and hand the result to a
-// Submitter (the spool, direct delivery, or nothing in dry-run). The SMTP front end, `relay
-// send` and any preview all go through Process, so there is exactly one way a message is
-// decided and built. It owns no sockets and no files.
+// Submitter (the queue, which stores it in the spool; direct delivery; or nothing in a dry
+// run). The SMTP front end, `relay send`, DSNs and any preview all go through Process, so
+// there is exactly one way a message is decided and built. It owns no sockets and no files.
 package pipeline
 
 import (

@@ -18,7 +18,9 @@ import (
 	"relay/internal/authz"
 	"relay/internal/config"
 	"relay/internal/deliver"
+	"relay/internal/dsn"
 	"relay/internal/pipeline"
+	"relay/internal/queue"
 	"relay/internal/resolver"
 	"relay/internal/rewrite"
 	"relay/internal/signer"
@@ -41,6 +43,7 @@ type Server struct {
 	p        *pipeline.Pipeline
 	smtp     *smtpd.Server
 	spool    *spool.Spool
+	queue    *queue.Queue
 	sender   deliver.Sender
 	lns      []net.Listener
 	serveErr chan error
@@ -80,21 +83,30 @@ func New(cfg *config.Config, o Options) (*Server, error) {
 		case "direct":
 			s.p.Submit = &deliver.Direct{Sender: s.sender}
 		default:
-			sp, err := spool.Open(spool.Options{
-				Dir: cfg.Queue.Dir, MaxAge: cfg.Queue.MaxAge.Duration,
-				RetryMin: cfg.Queue.RetryMin.Duration, RetryMax: cfg.Queue.RetryMax.Duration,
-				Workers: cfg.Upstream.MaxConnections, Sender: s.sender, Log: log,
-				Hostname: cfg.Hostname, Bounce: s.bounce,
-			})
+			// pipeline → queue (stores through the spool, delivers through the sender) →
+			// dsn.Sender for bounces → the same pipeline, from <>.
+			sp, recovered, err := spool.Open(spool.Options{Dir: cfg.Queue.Dir, Log: log})
 			if err != nil {
 				s.sender.Close()
 				stopRun()
 				return nil, fmt.Errorf("spool: %w", err)
 			}
-			s.p.Submit = sp
-			s.spool = sp
+			q, err := queue.New(sp, recovered, queue.Options{
+				MaxAge: cfg.Queue.MaxAge.Duration, RetryMin: cfg.Queue.RetryMin.Duration,
+				RetryMax: cfg.Queue.RetryMax.Duration, Workers: cfg.Upstream.MaxConnections,
+				Sender: s.sender, Bouncer: &dsn.Sender{Hostname: cfg.Hostname, Pipeline: s.p},
+				Log: log,
+			})
+			if err != nil {
+				sp.Close()
+				s.sender.Close()
+				stopRun()
+				return nil, fmt.Errorf("queue: %w", err)
+			}
+			s.p.Submit = q
+			s.spool, s.queue = sp, q
 			s.bg.Add(1)
-			go func() { defer s.bg.Done(); sp.Run(runCtx) }()
+			go func() { defer s.bg.Done(); q.Run(runCtx) }()
 		}
 	}
 	s.smtp, err = smtpd.New(cfg, handler{p: s.p, dry: o.DryRun}, log)
@@ -154,15 +166,6 @@ func (s *Server) Err() <-chan error { return s.serveErr }
 // Pipeline is the message path the server runs; previews call it with no Submitter.
 func (s *Server) Pipeline() *pipeline.Pipeline { return s.p }
 
-// bounce sends a delivery status notification through the same pipeline as any message:
-// rewritten, signed and spooled, from the null sender.
-func (s *Server) bounce(ctx context.Context, to string, dsn []byte) error {
-	host := s.p.State().Config.Hostname
-	_, err := s.p.Process(ctx, pipeline.Input{To: []string{to}, Data: dsn,
-		Received: rewrite.Received{Helo: host, ClientIP: "127.0.0.1", Proto: "LOCAL"}, Client: "dsn"})
-	return err
-}
-
 // Shutdown stops accepting, lets sessions finish, then stops the delivery workers, all
 // within grace; what is still spooled stays on disk for the next start.
 func (s *Server) Shutdown(grace time.Duration) {
@@ -184,8 +187,11 @@ func (s *Server) Shutdown(grace time.Duration) {
 	case <-ctx.Done():
 		s.log.Warn("deliveries still running at the end of the grace period; they stay spooled")
 	}
+	if s.queue != nil {
+		s.queue.Close() // cancels what still runs; the spool keeps it for the next start
+	}
 	if s.spool != nil {
-		s.spool.Close() // cancels what still runs; the spool keeps it for the next start
+		s.spool.Close()
 	}
 	if s.sender != nil {
 		s.sender.Close()

@@ -2,7 +2,6 @@ package spool
 
 import (
 	"cmp"
-	"container/heap"
 	"errors"
 	"fmt"
 	"os"
@@ -17,7 +16,7 @@ import (
 // those, and a state written from two processes could forget a delivered recipient.
 // Instead Retry and Delete leave a request in DIR/ctl/ (an empty file named
 // "retry-ID", "retry" for all, or "delete-ID"), which the server applies within
-// Options.PollInterval (1 s by default) and at Open, then removes.
+// a second (the scheduler's poll interval) and at start, then removes (Requests).
 
 // Entry describes one spooled message.
 type Entry struct {
@@ -99,14 +98,14 @@ func entry(dir, id string) (Entry, error) {
 	return newEntry(dir, id, env, st), nil
 }
 
-func newEntry(dir, id string, env envelope, st state) Entry {
+func newEntry(dir, id string, env envelope, st State) Entry {
 	e := Entry{
 		ID: id, Received: env.Received, From: string(env.From), Size: env.Size,
 		Attempts: st.Attempts, NextTry: st.NextTry, LastError: st.LastError,
 		RetryRequested: requested(dir, "retry-"+id),
 	}
 	for _, r := range env.To {
-		if st.done(r) {
+		if st.Done(r) {
 			e.Done = append(e.Done, r)
 		} else {
 			e.To = append(e.To, r)
@@ -151,7 +150,7 @@ func Show(dir, id string) (Entry, []byte, error) {
 }
 
 // Retry asks for id ("" = every message) to be tried now. The running server applies
-// the request within its PollInterval; a stopped one at its next start.
+// the request within its poll interval; a stopped one at its next start.
 func Retry(dir, id string) error {
 	name := "retry"
 	if id != "" {
@@ -164,8 +163,8 @@ func Retry(dir, id string) error {
 }
 
 // Delete removes id from the spool without delivering it further. The files go at once
-// (List no longer shows it); a running server forgets the message within its
-// PollInterval, and one in the middle of delivering it finishes that attempt.
+// (List no longer shows it); a running server forgets the message within its poll
+// interval, and one in the middle of delivering it finishes that attempt.
 //
 // A message still in a segment is marked done in the segment's done file, which is synced:
 // the server never appends to a segment it did not write, and Open skips what is done.
@@ -270,13 +269,32 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// applyRequests carries out the requests left in ctl/ by Retry and Delete. It runs in the
-// dispatcher (and in Open), so it never races with a hand-off to a worker.
-func (s *Spool) applyRequests() {
+// Request is one request of `relay queue` to the running server, as Requests hands it on.
+type Request struct {
+	Op Op
+	ID string // the message; "" with OpRetryAll
+}
+
+// Op is what a Request asks for.
+type Op int
+
+const (
+	OpRetryAll Op = iota + 1 // try every waiting message now ("retry")
+	OpRetry                  // try ID now ("retry-ID")
+	OpDelete                 // ID is deleted ("delete-ID"): the spool has forgotten it
+)
+
+// Requests carries out the requests left in ctl/ by Retry and Delete, and removes them. The
+// spool does its own part (a deletion forgets the message, making it Deleted, and removes
+// its files again: a delivery attempt that ended since Delete may have written a new state
+// file) and hands each request to apply for the rest (scheduling). The scheduler calls it
+// from one goroutine, its dispatcher (and before it starts), so that a request never races
+// with a hand-off to a worker.
+func (s *Spool) Requests(apply func(Request)) {
 	ctl := filepath.Join(s.o.Dir, ctlDir)
 	ents, err := os.ReadDir(ctl)
 	if err != nil {
-		// Once per outage, not every PollInterval.
+		// Once per outage, not every poll.
 		if !s.ctlBroken {
 			s.log.Error("spool: read requests", "dir", ctl, "err", err)
 		}
@@ -287,35 +305,26 @@ func (s *Spool) applyRequests() {
 	var retire []*segment
 	for _, e := range ents {
 		name := e.Name()
-		s.mu.Lock()
-		now := s.o.Now()
 		switch {
 		case name == "retry":
-			for len(s.waiting) > 0 {
-				m := s.waiting[0]
-				m.st.NextTry = now
-				s.waitingFix(m)
-			}
+			apply(Request{Op: OpRetryAll})
 		case strings.HasPrefix(name, "retry-"):
-			if m := s.msgs[strings.TrimPrefix(name, "retry-")]; m != nil && m.index >= 0 {
-				m.st.NextTry = now
-				s.waitingFix(m)
-			}
+			apply(Request{Op: OpRetry, ID: strings.TrimPrefix(name, "retry-")})
 		case strings.HasPrefix(name, "delete-"):
 			id := strings.TrimPrefix(name, "delete-")
+			s.mu.Lock()
 			if m := s.msgs[id]; m != nil {
 				if seg := s.dropLocked(m); seg != nil {
 					retire = append(retire, seg)
 				}
-				s.log.Info("spool: message deleted by request", "id", m.id)
+				s.log.Info("spool: message deleted by request", "id", m.ID)
 			}
-			// Delete removed the files, but a delivery attempt that ended since then
-			// may have written a new state file.
 			if validID(id) == nil {
 				removeFiles(s.o.Dir, id)
 			}
+			s.mu.Unlock()
+			apply(Request{Op: OpDelete, ID: id})
 		}
-		s.mu.Unlock()
 		if err := os.Remove(filepath.Join(ctl, name)); err != nil {
 			s.log.Error("spool: remove request", "file", name, "err", err)
 		}
@@ -323,11 +332,4 @@ func (s *Spool) applyRequests() {
 	for _, seg := range retire {
 		s.retire(seg)
 	}
-	s.wake()
-}
-
-// waitingFix moves m, now due, from s.waiting to s.ready. s.mu is held.
-func (s *Spool) waitingFix(m *message) {
-	heap.Remove(&s.waiting, m.index)
-	s.ready = append(s.ready, m)
 }

@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -42,18 +41,18 @@ const (
 	// maxEnvelopeLine bounds the first line of a message file and a segment's record
 	// header, line end included, so a damaged file cannot make Open or List read a whole
 	// message as the envelope. MaxRecipients addresses of the longest path SMTP allows
-	// (RFC 5321 §4.5.3.1: 64 octets of local part, 256 of path), JSON-quoted, fit; Submit
+	// (RFC 5321 §4.5.3.1: 64 octets of local part, 256 of path), JSON-quoted, fit; Put
 	// refuses a longer line (ErrEnvelopeTooLarge) rather than write what Open would skip.
 	maxEnvelopeLine = 1 << 20
 )
 
 // MaxRecipients is the most recipients a message may have in the spool (RFC 5321
-// §4.5.3.1.8 asks for at least 100). Submit refuses more with ErrTooManyRecipients, and the
+// §4.5.3.1.8 asks for at least 100). Put refuses more with ErrTooManyRecipients, and the
 // readers take more as damage. The SMTP front end's max_recipients should not exceed it,
 // so that a client learns it at RCPT time rather than after DATA.
 const MaxRecipients = 1000
 
-// Refusals of Submit for an envelope the spool cannot hold, before anything is written.
+// Refusals of Put for an envelope the spool cannot hold, before anything is written.
 // They come wrapped in an *Error, whose SMTPReply answers with theirs.
 var (
 	// ErrTooManyRecipients: temporary, the client may send again to fewer recipients.
@@ -110,9 +109,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // checksum is the CRC of a message as the envelope records it.
 func checksum(data []byte) uint32 { return crc32.Checksum(data, castagnoli) }
 
-// state is the content of an ID.state file. Done only ever grows: a recipient written
-// there is never attempted again (SPEC §8: a delivered recipient must not be re-sent
-// because of a later failure of another one).
+// state is the content of an ID.state file: a State, with its addresses kept byte for byte.
 type state struct {
 	Attempts  int        `json:"attempts"`
 	NextTry   time.Time  `json:"next_try"`
@@ -122,8 +119,12 @@ type state struct {
 	Bounced   rawStrings `json:"bounced,omitempty"`
 }
 
-func (st *state) done(rcpt string) bool {
-	return slices.Contains(st.Delivered, rcpt) || slices.Contains(st.Bounced, rcpt)
+func fileState(st State) state {
+	return state{Attempts: st.Attempts, NextTry: st.NextTry, LastTry: st.LastTry, LastError: st.LastError, Delivered: st.Delivered, Bounced: st.Bounced}
+}
+
+func (st state) export() State {
+	return State{Attempts: st.Attempts, NextTry: st.NextTry, LastTry: st.LastTry, LastError: st.LastError, Delivered: st.Delivered, Bounced: st.Bounced}
 }
 
 // rawString is a string that survives JSON byte for byte. encoding/json would turn
@@ -360,19 +361,19 @@ func readMessage(path string) (envelope, []byte, error) {
 }
 
 // readState reads ID.state; a missing file is the state of a message never attempted.
-func readState(dir, id string) (state, error) {
+func readState(dir, id string) (State, error) {
 	var st state
 	b, err := os.ReadFile(statePath(dir, id))
 	if errors.Is(err, os.ErrNotExist) {
-		return st, nil
+		return State{}, nil
 	}
 	if err != nil {
-		return st, err
+		return State{}, err
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
-		return st, fmt.Errorf("%s: %w", statePath(dir, id), err)
+		return st.export(), fmt.Errorf("%s: %w", statePath(dir, id), err)
 	}
-	return st, nil
+	return st.export(), nil
 }
 
 // writeFile makes name in dir hold the bytes of parts, durably: a temp file is written,

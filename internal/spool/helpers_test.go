@@ -1,14 +1,14 @@
 package spool
 
 import (
+	"cmp"
 	"context"
 	"errors"
-	"io"
+	"fmt"
 	"log/slog"
-	"net"
 	"os"
+	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,225 +18,151 @@ import (
 
 	"relay/internal/config"
 	"relay/internal/deliver"
+	"relay/internal/smtptest"
 )
 
-// sink is a real go-smtp server on 127.0.0.1 standing in for the upstream. rcpt decides
-// the reply to each RCPT TO (nil: accept).
-type sink struct {
-	addr string
-
-	mu   sync.Mutex
-	rcpt func(to string) error
-	got  []delivery
+// sender is the upstream side the tests deliver through: deliver.Sender, or a stub.
+type sender interface {
+	Send(ctx context.Context, from string, to []string, data []byte) ([]deliver.RcptResult, error)
 }
 
-type delivery struct {
-	From string
-	To   []string
-	Data []byte
-}
+type senderFunc func(ctx context.Context, from string, to []string, data []byte) ([]deliver.RcptResult, error)
 
-func startSink(t testing.TB) *sink {
-	t.Helper()
-	k := &sink{}
-	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) {
-		return &sinkSession{k: k}, nil
-	}))
-	srv.Domain = "upstream.test"
-	srv.AllowInsecureAuth = true
-	srv.ReadTimeout = 10 * time.Second
-	srv.WriteTimeout = 10 * time.Second
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	k.addr = l.Addr().String()
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	return k
-}
-
-// setRcpt replaces the RCPT policy.
-func (k *sink) setRcpt(f func(to string) error) {
-	k.mu.Lock()
-	k.rcpt = f
-	k.mu.Unlock()
-}
-
-func (k *sink) deliveries() []delivery {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return append([]delivery(nil), k.got...)
-}
-
-// rcpts counts the deliveries per recipient.
-func (k *sink) rcpts() map[string]int {
-	n := map[string]int{}
-	for _, d := range k.deliveries() {
-		for _, r := range d.To {
-			n[r]++
-		}
-	}
-	return n
-}
-
-type sinkSession struct {
-	k    *sink
-	from string
-	to   []string
-}
-
-func (s *sinkSession) Reset()        { s.from, s.to = "", nil }
-func (s *sinkSession) Logout() error { return nil }
-func (s *sinkSession) Mail(from string, _ *smtp.MailOptions) error {
-	s.from = from
-	return nil
-}
-
-func (s *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	s.k.mu.Lock()
-	f := s.k.rcpt
-	s.k.mu.Unlock()
-	if f != nil {
-		if err := f(to); err != nil {
-			return err
-		}
-	}
-	s.to = append(s.to, to)
-	return nil
-}
-
-func (s *sinkSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	s.k.mu.Lock()
-	s.k.got = append(s.k.got, delivery{From: s.from, To: s.to, Data: b})
-	s.k.mu.Unlock()
-	return nil
+func (f senderFunc) Send(ctx context.Context, from string, to []string, data []byte) ([]deliver.RcptResult, error) {
+	return f(ctx, from, to, data)
 }
 
 func reply(code int, enh [3]int, msg string) error {
 	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode(enh), Message: msg}
 }
 
+// sentTo counts the messages the sink accepted per recipient.
+func sentTo(k *smtptest.Sink) map[string]int {
+	n := map[string]int{}
+	for _, m := range k.Messages() {
+		for _, r := range m.To {
+			n[r]++
+		}
+	}
+	return n
+}
+
 // pool is the real delivery pool of the relay, sending to k.
-func pool(t testing.TB, k *sink) *deliver.Pool {
+func pool(t testing.TB, k *smtptest.Sink) *deliver.Pool {
 	t.Helper()
 	cfg := &config.Config{Hostname: "relay.test"}
-	cfg.Upstream = config.Upstream{Address: k.addr, TLS: "none", MaxConnections: 4, Timeout: config.Duration{Duration: 10 * time.Second}}
+	cfg.Upstream = config.Upstream{Address: k.Addr, TLS: "none", MaxConnections: 4, Timeout: config.Duration{Duration: 10 * time.Second}}
 	p, err := deliver.NewPool(cfg, nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { p.Close() })
 	return p
 }
 
-// bounces records the DSNs the spool hands to Options.Bounce.
-type bounces struct {
-	mu   sync.Mutex
-	err  error // returned by Bounce when set
-	sent []bounce
-}
-
-type bounce struct {
-	To  string
-	DSN []byte
-}
-
-func (b *bounces) Bounce(_ context.Context, to string, dsn []byte) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.err != nil {
-		return b.err
-	}
-	b.sent = append(b.sent, bounce{to, dsn})
-	return nil
-}
-
-func (b *bounces) setErr(err error) {
-	b.mu.Lock()
-	b.err = err
-	b.mu.Unlock()
-}
-
-func (b *bounces) all() []bounce {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return append([]bounce(nil), b.sent...)
-}
-
-// clock is a real clock that a test can move forward.
-type clock struct {
-	mu  sync.Mutex
-	off time.Duration
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.off)
-}
-
-func (c *clock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.off += d
-	c.mu.Unlock()
-}
-
-// env is a spool under test with its upstream, bounce recorder and clock.
+// env is a spool under test with its upstream: a real go-smtp server on loopback and the
+// relay's delivery pool.
 type env struct {
-	t       *testing.T
-	dir     string
-	sink    *sink
-	bounces *bounces
-	clock   *clock
-	opts    Options
+	t      *testing.T
+	dir    string
+	sink   *smtptest.Sink
+	sender sender
+	opts   Options
+	// states are the delivery states deliver keeps between attempts, as the scheduler
+	// does, and Open hands back.
+	states map[string]State
 }
 
 func newEnv(t *testing.T) *env {
-	e := &env{t: t, dir: t.TempDir(), sink: startSink(t), bounces: &bounces{}, clock: &clock{}}
+	e := &env{t: t, dir: t.TempDir(), sink: smtptest.Start(t), states: map[string]State{}}
+	e.sender = pool(t, e.sink)
 	e.opts = Options{
-		Dir: e.dir, MaxAge: time.Hour, RetryMin: 10 * time.Millisecond, RetryMax: 40 * time.Millisecond,
-		Workers: 4, Sender: pool(t, e.sink), Bounce: e.bounces.Bounce, Now: e.clock.Now,
-		Hostname: "relay.test", PollInterval: 10 * time.Millisecond,
+		Dir: e.dir,
 		Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	return e
 }
 
-// open opens the spool; the returned stop function ends Run, waits for it and closes.
+// open opens the spool, closed at the end of the test, and keeps the states it recovered.
 func (e *env) open() *Spool {
 	e.t.Helper()
-	s, err := Open(e.opts)
+	s, rec, err := Open(e.opts)
 	require.NoError(e.t, err)
 	e.t.Cleanup(func() { s.Close() })
+	clear(e.states)
+	for _, r := range rec {
+		e.states[r.ID] = r.State
+	}
 	return s
 }
 
-// run starts Run and returns a function that stops it and waits.
-func run(t *testing.T, s *Spool) (stop func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		s.Run(ctx)
-		close(done)
-	}()
-	stopped := false
-	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		<-done
-	}
-	t.Cleanup(stop)
-	return stop
+// put is Put for the tests that only need its error.
+func put(s *Spool, ctx context.Context, id, from string, to []string, data []byte) error {
+	_, err := s.Put(ctx, id, from, to, data)
+	return err
 }
 
-// waitFor waits until cond holds. The limit only keeps a broken test from hanging.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	require.Eventually(t, cond, 20*time.Second, 2*time.Millisecond, what)
+// deliver stands in for the scheduler (internal/queue, which imports this package): it
+// takes the requests of `relay queue` (a retry makes a message due now), then every message
+// in the spool that is due, oldest first, gets one attempt through e.sender to its pending
+// recipients, and is then Done when none is left, or Deferred for an hour with its new
+// state and its content, as the scheduler records an attempt. It returns how many messages
+// are left.
+func (e *env) deliver(s *Spool) (left int) {
+	e.t.Helper()
+	s.Requests(func(r Request) {
+		for id, st := range e.states {
+			if r.Op == OpRetryAll || (r.Op == OpRetry && r.ID == id) {
+				st.NextTry = time.Time{}
+				e.states[id] = st
+			}
+		}
+	})
+	s.mu.Lock()
+	var msgs []*Message
+	for _, m := range s.msgs {
+		msgs = append(msgs, m)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(msgs, func(a, b *Message) int {
+		return cmp.Or(a.Received.Compare(b.Received), strings.Compare(a.ID, b.ID))
+	})
+	for _, m := range msgs {
+		st := e.states[m.ID]
+		if st.NextTry.After(time.Now()) {
+			left++
+			continue
+		}
+		var pending []string
+		for _, r := range m.To {
+			if !st.Done(r) {
+				pending = append(pending, r)
+			}
+		}
+		data, err := s.Read(m)
+		require.NoError(e.t, err, m.ID)
+		res, err := e.sender.Send(context.Background(), m.From, pending, data)
+		st.Attempts++
+		st.LastTry = time.Now()
+		for _, r := range res {
+			if err == nil && r.Accepted() {
+				st.Delivered = append(st.Delivered, r.Rcpt)
+			} else {
+				st.LastError = fmt.Sprintf("<%s>: %d %s", r.Rcpt, r.Code, r.Msg)
+			}
+		}
+		if err != nil {
+			st.LastError = err.Error()
+		}
+		if !slices.ContainsFunc(m.To, func(r string) bool { return !st.Done(r) }) {
+			require.NoError(e.t, s.Done(m))
+			delete(e.states, m.ID)
+			continue
+		}
+		st.NextTry = time.Now().Add(time.Hour)
+		require.NoError(e.t, s.Defer(m, st, data))
+		e.states[m.ID] = st
+		left++
+	}
+	return left
 }
 
 // files lists the entries of dir, except ctl/, the lock and the segments (see segFiles).

@@ -66,7 +66,7 @@ func TestSubmitRefusesWhatRecoveryWouldDrop(t *testing.T) {
 		{"sender too long for a header", strings.Repeat("s", maxEnvelopeLine) + "@example.com", []string{"b@example.net"}, 552, [3]int{5, 3, 4}, ErrEnvelopeTooLarge},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := s.Submit(ctx, "big", tc.from, tc.to, msg("big"))
+			_, err := s.Put(ctx, "big", tc.from, tc.to, msg("big"))
 			require.ErrorIs(t, err, tc.sentinel)
 			var se *Error
 			require.ErrorAs(t, err, &se)
@@ -78,12 +78,12 @@ func TestSubmitRefusesWhatRecoveryWouldDrop(t *testing.T) {
 	require.Zero(t, s.Stats().Depth)
 	require.Zero(t, s.Stats().Records, "nothing was written")
 	// The id is free: the client sends again to fewer recipients.
-	require.NoError(t, s.Submit(ctx, "big", "a@example.com", rcptList(MaxRecipients, 20), msg("big")))
+	require.NoError(t, put(s, ctx, "big", "a@example.com", rcptList(MaxRecipients, 20), msg("big")))
 	s.Close()
 	s2 := e.open()
 	require.Equal(t, 1, s2.Stats().Depth)
 	s2.mu.Lock()
-	require.Len(t, s2.msgs["big"].to, MaxRecipients)
+	require.Len(t, s2.msgs["big"].To, MaxRecipients)
 	s2.mu.Unlock()
 }
 
@@ -124,8 +124,7 @@ func TestSubmitAcceptedIsRecovered(t *testing.T) {
 	e := newEnv(t)
 	now := time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.UTC) // fixed: header lengths are exact
 	e.opts.Now = func() time.Time { return now }
-	e.opts.RetryMin, e.opts.RetryMax = time.Hour, time.Hour
-	e.opts.Sender = senderFunc(func(context.Context, string, []string, []byte) ([]RcptResult, error) {
+	e.sender = senderFunc(func(context.Context, string, []string, []byte) ([]deliver.RcptResult, error) {
 		return nil, &deliver.Error{Code: 451, Enhanced: [3]int{4, 3, 0}, Msg: "later"}
 	})
 	r := rand.New(rand.NewPCG(1, 2))
@@ -164,7 +163,7 @@ func TestSubmitAcceptedIsRecovered(t *testing.T) {
 		}
 		fits := len(c.to) <= MaxRecipients && headerLen(t, env) <= maxEnvelopeLine
 		overByOne = overByOne || (!fits && headerLen(t, env) == maxEnvelopeLine+1)
-		err := s.Submit(context.Background(), c.id, c.from, c.to, msg(c.id))
+		err := put(s, context.Background(), c.id, c.from, c.to, msg(c.id))
 		if !fits {
 			require.Error(t, err, "%s: %d recipients, %d octets of header", c.id, len(c.to), headerLen(t, env))
 			code, _ := smtpReply(t, err)
@@ -196,8 +195,8 @@ func TestSubmitAcceptedIsRecovered(t *testing.T) {
 		for _, c := range accepted {
 			m := s.msgs[c.id]
 			require.NotNil(t, m, "%s %s", where, c.id)
-			require.Equal(t, c.from, m.from, "%s %s", where, c.id)
-			require.Equal(t, c.to, m.to, "%s %s", where, c.id)
+			require.Equal(t, c.from, m.From, "%s %s", where, c.id)
+			require.Equal(t, c.to, m.To, "%s %s", where, c.id)
 			require.Equal(t, c.to, listed[c.id].To, "%s %s", where, c.id)
 		}
 	}
@@ -205,16 +204,11 @@ func TestSubmitAcceptedIsRecovered(t *testing.T) {
 	s2 := e.open()
 	check(s2, "segment")
 	// Deferred: moved to files of their own.
-	stop := run(t, s2)
-	waitFor(t, "moved out", func() bool {
-		for _, c := range accepted {
-			if _, err := os.Stat(msgPath(e.dir, c.id)); err != nil {
-				return false
-			}
-		}
-		return true
-	})
-	stop()
+	require.Equal(t, len(accepted), e.deliver(s2))
+	for _, c := range accepted {
+		_, err := os.Stat(msgPath(e.dir, c.id))
+		require.NoError(t, err, "moved out")
+	}
 	s2.Close()
 	s3 := e.open()
 	check(s3, "message files")

@@ -33,7 +33,7 @@ import (
 //	                to a file of their own, or deleted), one per line
 //	.tmp-spare-*    a retired segment kept to be written over by the next one
 //
-// A record is acknowledged (Submit returns) once its batch's fdatasync is done; records
+// A record is acknowledged (Put returns) once its batch's fdatasync is done; records
 // that follow an acknowledged one are only ever later batches. After a crash the segment
 // is read up to its end: a record whose header does not parse or fails its own checksum,
 // names another segment (the old content of a recycled file) or whose message fails its
@@ -341,7 +341,7 @@ func (s *Spool) endSegment() {
 
 // release takes m out of its segment (done, moved to a file, or deleted), retiring the
 // segment with its last message.
-func (s *Spool) release(m *message, markDone bool) {
+func (s *Spool) release(m *Message, markDone bool) {
 	s.mu.Lock()
 	seg := m.seg
 	s.mu.Unlock()
@@ -350,7 +350,7 @@ func (s *Spool) release(m *message, markDone bool) {
 	}
 	if markDone {
 		// Before the count goes down: the segment cannot be retired under the write.
-		seg.markDone(m.id)
+		seg.markDone(m.ID)
 	}
 	s.mu.Lock()
 	if m.seg != seg {

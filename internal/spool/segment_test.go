@@ -135,7 +135,7 @@ func TestEarlierSegmentFormatRefused(t *testing.T) {
 	old := segMagicV1 + `{"seg":"` + id + `","id":"old","from":"a@b","to":["c@d"],"received":"2026-01-02T03:04:05Z","size":` +
 		strconv.Itoa(len(data)) + `,"crc":` + strconv.FormatUint(uint64(checksum(data)), 10) + "}\n"
 	require.NoError(t, os.WriteFile(segPath(e.dir, id), append([]byte(old), data...), 0o600))
-	_, err := Open(e.opts)
+	_, _, err := Open(e.opts)
 	require.ErrorContains(t, err, "seg-"+id+".log: a segment of an earlier spool format")
 	_, err = List(e.dir)
 	require.ErrorContains(t, err, "earlier spool format")

@@ -1,14 +1,16 @@
-// Package spool owns the durable queue between the SMTP front end and the upstream
-// (SPEC §7, §8, [queue] mode = "spool"): it makes an accepted message survive a crash
-// before the client hears 250, delivers it through a Sender with retries and backoff,
-// and answers permanent failures with RFC 3464 delivery status notifications. It never
-// talks SMTP itself (the Sender does), and it never removes a message before every
-// recipient is delivered or bounced.
+// Package spool owns the relay's durable storage of accepted messages (SPEC §7, §8,
+// [queue] mode = "spool"): a message is on disk, appended to a segment and fdatasynced,
+// before the client hears 250; it can be read back, its delivery state written, moved out of
+// its segment while it waits, and marked done; after a crash Open recovers what was not done;
+// and `relay queue` reads and asks for changes through the directory alone (admin.go). It
+// never talks SMTP and never decides when or whether a message is delivered (internal/queue
+// does); it removes a message only when told that every recipient is done, or deleted.
 package spool
 
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,64 +23,16 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"relay/internal/deliver"
-)
-
-// RcptResult is the upstream's answer for one recipient.
-type RcptResult = deliver.RcptResult
-
-// Sender is what delivery needs from the upstream side; deliver.Sender satisfies it.
-//
-// results: one per recipient (Code 250 = accepted); DATA was sent when any was accepted.
-// err: a transaction-level failure; errors.As(err, &t) with t interface{ Temporary() bool }
-// tells a 4xx or a fault (retry) from a 5xx (bounce).
-type Sender interface {
-	Send(ctx context.Context, from string, to []string, data []byte) ([]RcptResult, error)
-}
-
-// Defaults for zero Options fields (the SPEC §3 defaults).
-const (
-	DefaultMaxAge       = 72 * time.Hour
-	DefaultRetryMin     = 30 * time.Second
-	DefaultRetryMax     = 30 * time.Minute
-	DefaultWorkers      = 8
-	DefaultPollInterval = time.Second
-)
-
-// Memory bounds: a message just submitted is delivered from memory, without reading its
-// file back, when it is at most memMessage octets and all such messages together stay
-// within memTotal. Others, and every retry, are read from the file: memory stays bounded
-// however large the backlog grows while the upstream is down.
-const (
-	memMessage = 1 << 20
-	memTotal   = 8 << 20
 )
 
 // Options configures a Spool.
 type Options struct {
-	Dir      string
-	MaxAge   time.Duration // then undelivered recipients bounce
-	RetryMin time.Duration // first retry delay; it doubles, with jitter, up to RetryMax
-	RetryMax time.Duration
-	Workers  int // concurrent deliveries: upstream max_connections
-
-	Sender Sender
-	Log    *slog.Logger     // nil: discard
-	Now    func() time.Time // nil: time.Now
-	// Hostname is the Reporting-MTA of delivery status notifications (default: os.Hostname).
-	Hostname string
-	// Bounce submits a DSN back through the relay's pipeline (the wiring rewrites, signs
-	// and submits it with the null envelope sender). It is called with the original
-	// envelope sender and the DSN message; it must not return before the DSN is as safe as
-	// a submitted message, because the failed recipients are then marked done.
-	Bounce func(ctx context.Context, to string, dsn []byte) error
-	// PollInterval is how often the running server looks for requests of `relay queue`
-	// (retry, delete) from other processes.
-	PollInterval time.Duration
+	Dir string
+	Log *slog.Logger     // nil: discard
+	Now func() time.Time // nil: time.Now; the arrival time recorded with each message
 }
 
-// Spool is an open spool directory and its delivery engine.
+// Spool is an open spool directory.
 type Spool struct {
 	o    Options
 	log  *slog.Logger
@@ -94,56 +48,62 @@ type Spool struct {
 	w      logWriter // the group commit into segments
 	segMax int64     // defaultSegMax; smaller in tests
 
-	// abort ends deliveries in flight; Close calls it.
-	abort     context.Context
-	abortFunc context.CancelFunc
-	running   atomic.Bool
-	ctlBroken bool // the last look at ctl/ failed; only the dispatcher (or Open) uses it
+	ctlBroken bool // the last look at ctl/ failed; only Requests uses it, from one goroutine
 
-	mu      sync.Mutex
-	msgs    map[string]*message // every message in the spool, by id
-	segs    map[string]*segment // open segments, by id
-	spares  []string            // paths of retired segments kept for reuse
-	ready   []*message          // due now, oldest first
-	waiting timeHeap            // due later
-	cached  int                 // octets of message data held in memory
-	closed  bool
-	kick    chan struct{} // wakes the dispatcher: something became ready
-
-	delivered, deferred, bounced atomic.Int64
+	mu     sync.Mutex
+	msgs   map[string]*Message // every message in the spool (being written, or not done), by id
+	segs   map[string]*segment // open segments, by id
+	spares []string            // paths of retired segments kept for reuse
+	closed bool
 }
 
-// message is the in-memory copy of one spooled message. Fields after id/from/to/received
-// are guarded by Spool.mu.
-type message struct {
-	id       string
-	from     string
-	to       []string
-	received time.Time
-	size     int
+// Message is one message in the spool. The exported fields are its envelope, set once;
+// where it is stored belongs to the Spool.
+type Message struct {
+	ID       string
+	From     string   // the envelope sender, "" for <>
+	To       []string // without duplicates
+	Received time.Time
+	Size     int
 
-	data []byte // nil: read it from the file
-	// seg is the segment that holds the message, at off, with checksum crc; nil once it
-	// is in a file of its own (ID.msg).
-	seg      *segment
-	off      int64
-	crc      uint32
-	st       state
-	index    int  // in Spool.waiting; -1 when not there
-	inflight bool // a worker has it
+	// Guarded by Spool.mu: seg is the segment that holds the message, at off, with
+	// checksum crc; nil once it is in a file of its own (ID.msg).
+	seg *segment
+	off int64
+	crc uint32
 	// stateOnDisk: an ID.state file may exist, to be removed with the message.
 	stateOnDisk bool
-	deleted     bool // `relay queue delete` removed it; forget it after the attempt
+	// deleted: the spool no longer has it (`relay queue delete`, or Forget). Set under
+	// Spool.mu, before its files are removed.
+	deleted atomic.Bool
 }
 
-func (m *message) pending() []string {
-	var p []string
-	for _, r := range m.to {
-		if !m.st.done(r) {
-			p = append(p, r)
-		}
-	}
-	return p
+// Deleted reports whether the spool no longer has m: `relay queue delete` removed it
+// (Requests), or Forget dropped it. Nothing may deliver it again.
+func (m *Message) Deleted() bool { return m.deleted.Load() }
+
+// State is the delivery state of a message, written after an attempt that left recipients
+// pending (ID.state). Delivered and Bounced only ever grow: a recipient in them is never
+// attempted again (SPEC §8: a delivered recipient must not be re-sent because of a later
+// failure of another one).
+type State struct {
+	Attempts  int
+	NextTry   time.Time // zero: as soon as possible
+	LastTry   time.Time
+	LastError string
+	Delivered []string
+	Bounced   []string
+}
+
+// Done reports whether rcpt is delivered or bounced.
+func (st *State) Done(rcpt string) bool {
+	return slices.Contains(st.Delivered, rcpt) || slices.Contains(st.Bounced, rcpt)
+}
+
+// Recovered is a message that Open found in the spool, with its state as last written.
+type Recovered struct {
+	*Message
+	State State
 }
 
 // Error is a failure to take a message into the spool. The client is asked to try again
@@ -168,36 +128,17 @@ func (e *Error) SMTPReply() (int, [3]int, string) {
 	return 451, [3]int{4, 3, 0}, "cannot queue the message now, try again later"
 }
 
-// ErrClosed is returned by Submit after Close.
+// ErrClosed is returned by Put after Close.
 var ErrClosed = errors.New("spool closed")
 
 // Open opens (creating it if needed) and recovers the spool in o.Dir: temp files left by a
 // crash are removed, damaged message files are renamed ID.bad and logged, state files
-// without a message are removed, and every queued message is loaded to be delivered by
-// Run; messages that were in flight when the process died are simply delivered again
-// (at-least-once).
-func Open(o Options) (*Spool, error) {
+// without a message are removed, and every message not done is returned, oldest first, for
+// the scheduler to deliver; messages that were in flight when the process died are simply
+// delivered again (at-least-once).
+func Open(o Options) (*Spool, []Recovered, error) {
 	if o.Dir == "" {
-		return nil, errors.New("spool: no directory")
-	}
-	if o.Sender == nil || o.Bounce == nil {
-		return nil, errors.New("spool: Sender and Bounce are required")
-	}
-	if o.MaxAge <= 0 {
-		o.MaxAge = DefaultMaxAge
-	}
-	if o.RetryMin <= 0 {
-		o.RetryMin = DefaultRetryMin
-	}
-	if o.RetryMax <= 0 {
-		o.RetryMax = DefaultRetryMax
-	}
-	o.RetryMax = max(o.RetryMax, o.RetryMin)
-	if o.Workers <= 0 {
-		o.Workers = DefaultWorkers
-	}
-	if o.PollInterval <= 0 {
-		o.PollInterval = DefaultPollInterval
+		return nil, nil, errors.New("spool: no directory")
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -205,19 +146,12 @@ func Open(o Options) (*Spool, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	if o.Hostname == "" {
-		if h, err := os.Hostname(); err == nil && h != "" {
-			o.Hostname = h
-		} else {
-			o.Hostname = "localhost"
-		}
-	}
 	if err := os.MkdirAll(filepath.Join(o.Dir, ctlDir), 0o700); err != nil {
-		return nil, fmt.Errorf("spool %s: %w", o.Dir, err)
+		return nil, nil, fmt.Errorf("spool %s: %w", o.Dir, err)
 	}
 	lock, err := lockDir(o.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("spool %s: %w", o.Dir, err)
+		return nil, nil, fmt.Errorf("spool %s: %w", o.Dir, err)
 	}
 	d, err := os.Open(o.Dir)
 	var st syscall.Stat_t
@@ -226,26 +160,24 @@ func Open(o Options) (*Spool, error) {
 	}
 	if err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("spool %s: %w", o.Dir, err)
+		return nil, nil, fmt.Errorf("spool %s: %w", o.Dir, err)
 	}
 	s := &Spool{
 		o: o, log: o.Log, dir: d, lock: lock, dirSync: newGroupSync(d.Sync),
 		dirDev: uint64(st.Dev), dirIno: uint64(st.Ino), segMax: defaultSegMax,
-		msgs: map[string]*message{}, segs: map[string]*segment{},
-		kick: make(chan struct{}, 1),
+		msgs: map[string]*Message{}, segs: map[string]*segment{},
 	}
 	s.w.cond.L = &s.w.mu
 	s.w.delayMax, s.w.maxRecords = maxCommitDelay, maxBatch
 	s.syncDir = s.dirSync.Sync
-	s.abort, s.abortFunc = context.WithCancel(context.Background())
-	if err := s.recover(); err != nil {
+	rec, err := s.recover()
+	if err != nil {
 		s.closeSegments()
 		d.Close()
 		lock.Close()
-		return nil, fmt.Errorf("spool %s: recover: %w", o.Dir, err)
+		return nil, nil, fmt.Errorf("spool %s: recover: %w", o.Dir, err)
 	}
-	s.applyRequests()
-	return s, nil
+	return s, rec, nil
 }
 
 // recover loads the directory into memory: message files first, then the segments'
@@ -256,13 +188,12 @@ func Open(o Options) (*Spool, error) {
 // the next start recovers the same: a segment's log before its done file, a record marked
 // done (and synced) before the state and file of its message go, and the logs' removal
 // durable before any done file or state file goes.
-func (s *Spool) recover() error {
+func (s *Spool) recover() ([]Recovered, error) {
 	ents, err := os.ReadDir(s.o.Dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	now := s.o.Now()
-	var msgs []*message
+	var msgs []Recovered
 	hasMsg := map[string]bool{}
 	var finished []string // messages whose every recipient is done: their files go last
 	var names []string
@@ -270,10 +201,10 @@ func (s *Spool) recover() error {
 		name := e.Name()
 		names = append(names, name)
 		if strings.HasPrefix(name, tmpPrefix) {
-			// A write the crash interrupted (its Submit never returned success), or a
+			// A write the crash interrupted (its Put never returned success), or a
 			// spare segment.
 			if err := os.Remove(filepath.Join(s.o.Dir, name)); err != nil {
-				return err
+				return nil, err
 			}
 			if !strings.HasPrefix(name, sparePfx) {
 				s.log.Info("spool: removed a partial file left by a crash", "file", name)
@@ -292,12 +223,12 @@ func (s *Spool) recover() error {
 			// log line (`relay queue list` shows only loadable messages).
 			s.log.Error("spool: damaged message file set aside", "id", id, "err", err)
 			if err := os.Rename(msgPath(s.o.Dir, id), filepath.Join(s.o.Dir, id+badSuffix)); err != nil {
-				return err
+				return nil, err
 			}
 			continue
 		}
 		hasMsg[id] = true
-		if m := s.loaded(id, env); m != nil {
+		if m, ok := s.loaded(id, env); ok {
 			msgs = append(msgs, m)
 		} else {
 			finished = append(finished, id)
@@ -308,7 +239,7 @@ func (s *Spool) recover() error {
 		s.log.Error("spool: damaged records skipped in a segment", "segment", segID, "octets", damaged)
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	segs := make(map[string]*segment, len(segIDs))
 	for _, id := range segIDs {
@@ -325,8 +256,8 @@ func (s *Spool) recover() error {
 			continue
 		}
 		hasMsg[mid] = true
-		m := s.loaded(mid, sm.rec.env)
-		if m == nil {
+		m, ok := s.loaded(mid, sm.rec.env)
+		if !ok {
 			superseded = append(superseded, sm)
 			finished = append(finished, mid)
 			continue
@@ -341,16 +272,16 @@ func (s *Spool) recover() error {
 		if seg.live == 0 {
 			// Its done file goes below, once this removal is durable.
 			if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return err
+				return nil, err
 			}
 			continue
 		}
 		if seg.f, err = os.OpenFile(seg.path, os.O_RDWR, 0); err != nil {
-			return err
+			return nil, err
 		}
 		if seg.done, err = os.OpenFile(donePath(s.o.Dir, id), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err != nil {
 			seg.f.Close()
-			return err
+			return nil, err
 		}
 		s.segs[id] = seg
 		if s.w.lastID < parseSegID(id) {
@@ -358,14 +289,14 @@ func (s *Spool) recover() error {
 		}
 	}
 	if err := s.markSuperseded(superseded); err != nil {
-		return err
+		return nil, err
 	}
 	if err := s.dir.Sync(); err != nil {
-		return err
+		return nil, err
 	}
 	for _, id := range finished {
 		if err := removeFiles(s.o.Dir, id); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	for _, name := range names {
@@ -379,19 +310,18 @@ func (s *Spool) recover() error {
 		}
 	}
 	if err := s.dir.Sync(); err != nil {
-		return err
+		return nil, err
 	}
-	slices.SortFunc(msgs, func(a, b *message) int { return a.received.Compare(b.received) })
+	slices.SortFunc(msgs, func(a, b Recovered) int { return a.Received.Compare(b.Received) })
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, m := range msgs {
-		s.msgs[m.id] = m
-		s.schedule(m, now)
+		s.msgs[m.ID] = m.Message
 	}
 	if len(msgs) > 0 {
 		s.log.Info("spool: recovered", "messages", len(msgs), "segments", len(s.segs))
 	}
-	return nil
+	return msgs, nil
 }
 
 // markSuperseded marks done, durably, the records of sms that are in segments kept open:
@@ -416,21 +346,21 @@ func (s *Spool) markSuperseded(sms []segMessage) error {
 	return nil
 }
 
-// loaded returns the message of a recovered envelope with its state, or nil when every
+// loaded returns the message of a recovered envelope with its state; ok is false when every
 // recipient is done (the crash came before its removal; recover removes its files).
-func (s *Spool) loaded(id string, env envelope) *message {
+func (s *Spool) loaded(id string, env envelope) (r Recovered, ok bool) {
 	st, err := readState(s.o.Dir, id)
 	if err != nil {
 		// The state is written atomically, so this is damage too; starting over
 		// can only repeat deliveries, never lose one.
 		s.log.Error("spool: damaged state file ignored", "id", id, "err", err)
-		st = state{}
+		st = State{}
 	}
-	m := &message{id: id, from: string(env.From), to: env.To, received: env.Received, size: env.Size, crc: env.CRC, st: st, index: -1, stateOnDisk: true}
-	if len(m.pending()) == 0 {
-		return nil
+	m := &Message{ID: id, From: string(env.From), To: env.To, Received: env.Received, Size: env.Size, crc: env.CRC, stateOnDisk: true}
+	if !slices.ContainsFunc(m.To, func(r string) bool { return !st.Done(r) }) {
+		return Recovered{}, false
 	}
-	return m
+	return Recovered{Message: m, State: st}, true
 }
 
 func parseSegID(id string) uint64 {
@@ -438,39 +368,39 @@ func parseSegID(id string) uint64 {
 	return n
 }
 
-// Submit makes the message durable in the spool and queues it for delivery. It returns nil
-// only when the message and its envelope are on disk: appended to the current segment and
-// fdatasynced (with the submissions that came at the same time). Any error is an *Error
-// (451 4.3.0 for the client, or the reply of a refused envelope: an envelope that a
-// restart would not read back is refused here, before anything is written).
-// data must not be changed afterwards: delivery may use it.
-func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data []byte) error {
+// Put makes a message durable in the spool. It returns only when the message and its
+// envelope are on disk: appended to the current segment and fdatasynced (with the
+// submissions that came at the same time). Any error is an *Error (451 4.3.0 for the
+// client, or the reply of a refused envelope: an envelope that a restart would not read back
+// is refused here, before anything is written). A message that `relay queue delete` found
+// and deleted before Put returned comes back Deleted: durable, and already done.
+func (s *Spool) Put(ctx context.Context, id, from string, to []string, data []byte) (*Message, error) {
 	if err := validID(id); err != nil {
-		return &Error{ID: id, Err: err}
+		return nil, &Error{ID: id, Err: err}
 	}
 	to = dedup(to)
 	if len(to) == 0 {
-		return &Error{ID: id, Err: errors.New("no recipients")}
+		return nil, &Error{ID: id, Err: errors.New("no recipients")}
 	}
 	if err := ctx.Err(); err != nil {
-		return &Error{ID: id, Err: err}
+		return nil, &Error{ID: id, Err: err}
 	}
-	m := &message{id: id, from: from, to: to, received: s.o.Now(), size: len(data), index: -1}
+	m := &Message{ID: id, From: from, To: to, Received: s.o.Now(), Size: len(data)}
 	crc := checksum(data)
-	hdr, err := encodeRecordHeader(envelope{ID: id, From: rawString(from), To: to, Received: m.received, Size: len(data), CRC: crc})
+	hdr, err := encodeRecordHeader(envelope{ID: id, From: rawString(from), To: to, Received: m.Received, Size: len(data), CRC: crc})
 	if err != nil {
-		return &Error{ID: id, Err: err}
+		return nil, &Error{ID: id, Err: err}
 	}
 	s.mu.Lock()
 	switch {
 	case s.closed:
 		s.mu.Unlock()
-		return &Error{ID: id, Err: ErrClosed}
+		return nil, &Error{ID: id, Err: ErrClosed}
 	case s.msgs[id] != nil:
 		s.mu.Unlock()
-		return &Error{ID: id, Err: errors.New("duplicate id")}
+		return nil, &Error{ID: id, Err: errors.New("duplicate id")}
 	}
-	// Reserve the id; the message is not scheduled until it is durable.
+	// Reserve the id: a delete request finds it while it is being written.
 	s.msgs[id] = m
 	s.mu.Unlock()
 
@@ -481,9 +411,9 @@ func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data [
 	defer s.mu.Unlock()
 	if err != nil {
 		delete(s.msgs, id)
-		return &Error{ID: id, Err: err}
+		return nil, &Error{ID: id, Err: err}
 	}
-	if m.deleted {
+	if m.Deleted() {
 		// `relay queue delete` found the record and had it dropped before this returned:
 		// the message is durable, and deleted.
 		s.mu.Unlock()
@@ -494,37 +424,137 @@ func (s *Spool) Submit(ctx context.Context, id, from string, to []string, data [
 			s.retire(r.seg)
 			s.mu.Lock()
 		}
-		return nil
+		return m, nil
 	}
 	m.seg, m.off, m.crc = r.seg, r.off, crc
-	if len(data) <= memMessage && s.cached+len(data) <= memTotal {
-		m.data = data
-		s.cached += len(data)
-	}
-	s.ready = append(s.ready, m)
-	s.wake()
-	return nil
+	return m, nil
 }
 
-// removeDelivered removes a message whose every recipient is done: its record is marked
-// done, or its file removed, and then its state file, rare, is removed.
-func (s *Spool) removeDelivered(m *message) error {
+// Read reads the content of m back, from its segment or its file, checking its CRC.
+func (s *Spool) Read(m *Message) ([]byte, error) {
+	s.mu.Lock()
+	seg, off, crc := m.seg, m.off, m.crc
+	s.mu.Unlock()
+	if seg != nil {
+		return readChecked(seg.f, seg.id, off, m.Size, crc)
+	}
+	_, data, err := readMessage(msgPath(s.o.Dir, m.ID))
+	return data, err
+}
+
+// Done removes m, whose every recipient is delivered or bounced: its record is marked done,
+// or its file removed, and then its state file, rare, is removed. The spool forgets m even
+// when an error is returned: the next start loads it again with the recipients of its last
+// written state (at-least-once).
+func (s *Spool) Done(m *Message) error {
 	s.mu.Lock()
 	inSeg := m.seg != nil
 	state := m.stateOnDisk
 	s.mu.Unlock()
+	var err error
+	switch {
+	case !inSeg:
+		err = removeFiles(s.o.Dir, m.ID)
+	case state:
+		s.release(m, true)
+		if err = os.Remove(statePath(s.o.Dir, m.ID)); errors.Is(err, os.ErrNotExist) {
+			err = nil
+		}
+	default:
+		// The common case, delivered at the first attempt: no state file.
+		s.release(m, true)
+	}
+	s.mu.Lock()
+	if s.msgs[m.ID] == m {
+		delete(s.msgs, m.ID)
+	}
+	s.mu.Unlock()
+	return err
+}
+
+// Defer records an attempt that left recipients pending: st is written as m's state
+// (ID.state), and a message still in its segment moves to a file of its own (ID.msg, written
+// from data, its content; nil leaves it where it is), so that a long wait never pins a
+// segment. The error is the state's; a failed move is logged and leaves the message in its
+// segment, which then stays too. Nothing this writes outlives a deletion of m meanwhile.
+func (s *Spool) Defer(m *Message, st State, data []byte) error {
+	s.mu.Lock()
+	inSeg := m.seg != nil
+	s.mu.Unlock()
+	err := s.persist(m.ID, st, inSeg)
+	if err == nil && inSeg && data != nil {
+		s.moveOut(m, data)
+	}
+	s.mu.Lock()
+	// Even a failed write may have left a state file (renamed, then the directory fsync
+	// failed): only a success without one would be wrong to assume.
+	m.stateOnDisk = true
+	s.mu.Unlock()
+	if m.Deleted() {
+		// Deleted while the state was being written: that write may have put a state
+		// file (or a message file) back next to no message. The deletion marks m before
+		// it removes the files, so one of the two removals comes after the write.
+		removeFiles(s.o.Dir, m.ID)
+	}
+	return err
+}
+
+// persist writes ID.state, unless the message file is gone (deleted by the admin). A
+// message still in a segment has no file; its deletion is noticed by Requests.
+func (s *Spool) persist(id string, st State, inSeg bool) error {
 	if !inSeg {
-		return removeFiles(s.o.Dir, m.id)
+		if _, err := os.Stat(msgPath(s.o.Dir, id)); err != nil {
+			return err
+		}
 	}
-	s.release(m, true)
-	if !state {
-		return nil
-	}
-	err := os.Remove(statePath(s.o.Dir, m.id))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+	b, err := json.Marshal(fileState(st))
+	if err != nil {
 		return err
 	}
-	return nil
+	return writeFile(s.dir, id+stateSuffix, s.syncDir, b)
+}
+
+// moveOut writes m to a file of its own (ID.msg) and marks its record done. On failure
+// it stays in its segment, which then stays too.
+func (s *Spool) moveOut(m *Message, data []byte) {
+	line, err := encodeEnvelope(envelope{From: rawString(m.From), To: m.To, Received: m.Received, Size: len(data), CRC: checksum(data)})
+	if err == nil {
+		err = writeFile(s.dir, m.ID+msgSuffix, s.syncDir, line, data)
+	}
+	if err != nil {
+		s.log.Error("spool: move a deferred message out of its segment", "id", m.ID, "err", err)
+		return
+	}
+	s.release(m, true)
+}
+
+// Forget drops m from the spool's memory without touching its files, which are gone
+// already (removed from the directory, or deleted by `relay queue delete`); m is Deleted
+// from then on. A segment left without messages is retired.
+func (s *Spool) Forget(m *Message) {
+	s.mu.Lock()
+	retire := s.dropLocked(m)
+	s.mu.Unlock()
+	if retire != nil {
+		s.retire(retire)
+	}
+}
+
+// dropLocked takes m out of memory and its segment, marks it deleted, and returns its
+// segment when that is to be retired now. s.mu is held.
+func (s *Spool) dropLocked(m *Message) *segment {
+	var retire *segment
+	if seg := m.seg; seg != nil {
+		m.seg = nil
+		if s.unlinkLocked(seg) {
+			retire = seg
+		}
+	}
+	m.deleted.Store(true)
+	if s.msgs[m.ID] == m {
+		delete(s.msgs, m.ID)
+	}
+	return retire
 }
 
 func dedup(to []string) []string {
@@ -537,17 +567,8 @@ func dedup(to []string) []string {
 	return out
 }
 
-// wake tells the dispatcher that s.ready or s.waiting changed.
-func (s *Spool) wake() {
-	select {
-	case s.kick <- struct{}{}:
-	default:
-	}
-}
-
-// Close stops taking messages (Submit returns ErrClosed) and cancels the context of
-// deliveries still in flight, whose messages stay spooled as they were. Call it after Run
-// has returned, or when the shutdown grace period is over.
+// Close stops taking messages (Put returns ErrClosed), waits for a batch being written and
+// closes the files; the messages stay spooled as they are. Stop the scheduler first.
 func (s *Spool) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -556,7 +577,6 @@ func (s *Spool) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	s.abortFunc()
 	w := &s.w
 	w.mu.Lock()
 	for w.busy {
@@ -598,12 +618,8 @@ func lockDir(dir string) (*os.File, error) {
 
 // Stats is a snapshot of the spool for metrics and health checks.
 type Stats struct {
-	Depth    int       // messages in the spool
-	Oldest   time.Time // arrival of the oldest message; zero when empty
-	InFlight int
-	// Counters since Open: recipients delivered, attempts that left recipients for a
-	// retry, recipients bounced (with or without a DSN).
-	Delivered, Deferred, Bounced int64
+	Depth  int       // messages in the spool
+	Oldest time.Time // arrival of the oldest message; zero when empty
 	// Batches written to the log and the records in them: Records/Batches is how many
 	// messages share an fdatasync.
 	Batches, Records int64
@@ -615,15 +631,11 @@ func (s *Spool) Stats() Stats {
 	s.mu.Lock()
 	st := Stats{Depth: len(s.msgs), Segments: len(s.segs)}
 	for _, m := range s.msgs {
-		if st.Oldest.IsZero() || m.received.Before(st.Oldest) {
-			st.Oldest = m.received
-		}
-		if m.inflight {
-			st.InFlight++
+		if st.Oldest.IsZero() || m.Received.Before(st.Oldest) {
+			st.Oldest = m.Received
 		}
 	}
 	s.mu.Unlock()
-	st.Delivered, st.Deferred, st.Bounced = s.delivered.Load(), s.deferred.Load(), s.bounced.Load()
 	s.w.mu.Lock()
 	st.Batches, st.Records = s.w.batches, s.w.records
 	s.w.mu.Unlock()

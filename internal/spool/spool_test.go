@@ -1,297 +1,30 @@
 package spool
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"mime"
-	"mime/multipart"
-	"net"
-	"net/mail"
-	"net/textproto"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/require"
 
 	"relay/internal/config"
-	"relay/internal/deliver"
 )
-
-func TestSubmitDeliver(t *testing.T) {
-	e := newEnv(t)
-	s := e.open()
-	run(t, s)
-
-	for i := range 3 {
-		id := fmt.Sprintf("msg%d", i)
-		require.NoError(t, s.Submit(context.Background(), id, "alice@example.com",
-			[]string{"bob@example.net", "carol@example.org", "bob@example.net"}, msg(id)))
-	}
-	waitFor(t, "spool empty", func() bool { return s.Stats().Depth == 0 })
-
-	got := e.sink.deliveries()
-	require.Len(t, got, 3)
-	for _, d := range got {
-		require.Equal(t, "alice@example.com", d.From)
-		require.Equal(t, []string{"bob@example.net", "carol@example.org"}, d.To, "duplicates are sent once")
-		require.Contains(t, string(d.Data), "Subject: msg")
-	}
-	require.Empty(t, files(t, e.dir))
-	require.Empty(t, e.bounces.all())
-	st := s.Stats()
-	require.EqualValues(t, 6, st.Delivered)
-	require.Zero(t, st.Deferred)
-}
-
-func TestSubmitLargeMessageReadBack(t *testing.T) {
-	// Above memMessage the message is not kept in memory: delivery reads the file.
-	e := newEnv(t)
-	s := e.open()
-	big := append(msg("big"), []byte(strings.Repeat("0123456789abcdef\r\n", memMessage/18+10))...)
-	require.NoError(t, s.Submit(context.Background(), "big", "alice@example.com", []string{"bob@example.net"}, big))
-	s.mu.Lock()
-	require.Nil(t, s.msgs["big"].data)
-	s.mu.Unlock()
-	run(t, s)
-	waitFor(t, "delivered", func() bool { return s.Stats().Depth == 0 })
-	require.Equal(t, big, e.sink.deliveries()[0].Data)
-}
-
-func TestTemporaryFailureThenRecovery(t *testing.T) {
-	e := newEnv(t)
-	e.sink.setRcpt(func(string) error { return reply(451, [3]int{4, 3, 0}, "try later") })
-	s := e.open()
-	run(t, s)
-
-	for i := range 5 {
-		require.NoError(t, s.Submit(context.Background(), fmt.Sprintf("m%d", i), "alice@example.com",
-			[]string{"bob@example.net", "carol@example.org"}, msg("retry")))
-	}
-	// Every message is retried at least twice, and the state of each attempt is on disk.
-	waitFor(t, "retried", func() bool {
-		l, err := List(e.dir)
-		require.NoError(t, err)
-		for _, ent := range l {
-			if ent.Attempts < 2 {
-				return false
-			}
-		}
-		return len(l) == 5
-	})
-	l, err := List(e.dir)
-	require.NoError(t, err)
-	require.Contains(t, l[0].LastError, "451 4.3.0 try later")
-	require.Equal(t, []string{"bob@example.net", "carol@example.org"}, l[0].To)
-	require.Empty(t, e.sink.deliveries())
-
-	e.sink.setRcpt(nil)
-	waitFor(t, "delivered", func() bool { return s.Stats().Depth == 0 })
-	require.Equal(t, map[string]int{"bob@example.net": 5, "carol@example.org": 5}, e.sink.rcpts())
-	require.Empty(t, files(t, e.dir), "state files go with their message")
-	require.Empty(t, e.bounces.all())
-}
-
-// parsedDSN is a DSN taken apart with the standard library, as a receiver would.
-type parsedDSN struct {
-	header     mail.Header
-	text       string
-	perMessage textproto.MIMEHeader
-	perRcpt    []textproto.MIMEHeader
-	headers    string // the text/rfc822-headers part
-	types      []string
-}
-
-func parseDSN(t *testing.T, b []byte) parsedDSN {
-	t.Helper()
-	m, err := mail.ReadMessage(strings.NewReader(string(b)))
-	require.NoError(t, err)
-	mt, params, err := mime.ParseMediaType(m.Header.Get("Content-Type"))
-	require.NoError(t, err)
-	require.Equal(t, "multipart/report", mt)
-	require.Equal(t, "delivery-status", params["report-type"])
-	p := parsedDSN{header: m.Header}
-	mr := multipart.NewReader(m.Body, params["boundary"])
-	for {
-		part, err := mr.NextPart()
-		if err == io.EOF {
-			break
-		}
-		require.NoError(t, err)
-		ct, _, err := mime.ParseMediaType(part.Header.Get("Content-Type"))
-		require.NoError(t, err)
-		p.types = append(p.types, ct)
-		body, err := io.ReadAll(part) // multipart decodes quoted-printable itself
-		require.NoError(t, err)
-		switch ct {
-		case "text/plain":
-			p.text = string(body)
-		case "message/delivery-status", "message/global-delivery-status":
-			// RFC 3464 §2.1: groups of fields separated by blank lines.
-			r := textproto.NewReader(bufio.NewReader(strings.NewReader(string(body))))
-			p.perMessage, err = r.ReadMIMEHeader()
-			require.NoError(t, err)
-			for {
-				h, err := r.ReadMIMEHeader()
-				if len(h) > 0 {
-					p.perRcpt = append(p.perRcpt, h)
-				}
-				if err == io.EOF {
-					break
-				}
-				require.NoError(t, err)
-			}
-		case "text/rfc822-headers", "message/global-headers":
-			p.headers = string(body)
-		}
-	}
-	return p
-}
-
-func TestPermanentFailureDSN(t *testing.T) {
-	e := newEnv(t)
-	e.sink.setRcpt(func(to string) error {
-		switch to {
-		case "gone@example.net":
-			return reply(550, [3]int{5, 1, 1}, "no such user")
-		case "full@example.net":
-			return reply(552, [3]int{5, 2, 2}, "mailbox full")
-		}
-		return nil
-	})
-	s := e.open()
-	run(t, s)
-	require.NoError(t, s.Submit(context.Background(), "q1", "alice@example.com",
-		[]string{"bob@example.net", "gone@example.net", "carol@example.org", "full@example.net"}, msg("perm")))
-	waitFor(t, "done", func() bool { return s.Stats().Depth == 0 })
-
-	require.Equal(t, map[string]int{"bob@example.net": 1, "carol@example.org": 1}, e.sink.rcpts())
-	b := e.bounces.all()
-	require.Len(t, b, 1, "one DSN per attempt, for all its failures")
-	require.Equal(t, "alice@example.com", b[0].To)
-
-	p := parseDSN(t, b[0].DSN)
-	require.Equal(t, []string{"text/plain", "message/delivery-status", "text/rfc822-headers"}, p.types)
-	require.Equal(t, "<alice@example.com>", p.header.Get("To"))
-	require.Equal(t, "auto-replied", p.header.Get("Auto-Submitted"))
-	require.Contains(t, p.header.Get("From"), "MAILER-DAEMON@relay.test")
-	require.Equal(t, "dns; relay.test", p.perMessage.Get("Reporting-MTA"))
-	_, err := mail.ParseDate(p.perMessage.Get("Arrival-Date"))
-	require.NoError(t, err)
-	require.Len(t, p.perRcpt, 2)
-	require.Equal(t, "rfc822; gone@example.net", p.perRcpt[0].Get("Final-Recipient"))
-	require.Equal(t, "failed", p.perRcpt[0].Get("Action"))
-	require.Equal(t, "5.1.1", p.perRcpt[0].Get("Status"))
-	require.Equal(t, "smtp; 550 5.1.1 no such user", p.perRcpt[0].Get("Diagnostic-Code"))
-	require.Equal(t, "rfc822; full@example.net", p.perRcpt[1].Get("Final-Recipient"))
-	require.Equal(t, "5.2.2", p.perRcpt[1].Get("Status"))
-	require.Equal(t, "smtp; 552 5.2.2 mailbox full", p.perRcpt[1].Get("Diagnostic-Code"))
-	require.Contains(t, p.text, "<gone@example.net>: 550 5.1.1 no such user")
-	require.Contains(t, p.headers, "Subject: perm\r\n")
-	require.NotContains(t, p.headers, "Hello.", "headers only")
-	require.EqualValues(t, 2, s.Stats().Bounced)
-}
-
-func TestTransactionRefusedBouncesAll(t *testing.T) {
-	// A 5xx to MAIL FROM (a transaction-level error) fails every recipient.
-	e := newEnv(t)
-	e.opts.Sender = senderFunc(func(context.Context, string, []string, []byte) ([]RcptResult, error) {
-		return nil, &deliver.Error{Code: 550, Enhanced: [3]int{5, 7, 1}, Msg: "sender rejected"}
-	})
-	s := e.open()
-	run(t, s)
-	require.NoError(t, s.Submit(context.Background(), "tx", "alice@example.com", []string{"a@example.net", "b@example.net"}, msg("tx")))
-	waitFor(t, "done", func() bool { return s.Stats().Depth == 0 })
-	b := e.bounces.all()
-	require.Len(t, b, 1)
-	p := parseDSN(t, b[0].DSN)
-	require.Len(t, p.perRcpt, 2)
-	require.Equal(t, "smtp; 550 5.7.1 sender rejected", p.perRcpt[1].Get("Diagnostic-Code"))
-}
-
-type senderFunc func(ctx context.Context, from string, to []string, data []byte) ([]RcptResult, error)
-
-func (f senderFunc) Send(ctx context.Context, from string, to []string, data []byte) ([]RcptResult, error) {
-	return f(ctx, from, to, data)
-}
-
-func TestNullSenderGetsNoDSN(t *testing.T) {
-	e := newEnv(t)
-	e.sink.setRcpt(func(to string) error { return reply(550, [3]int{5, 1, 1}, "no such user") })
-	s := e.open()
-	run(t, s)
-	require.NoError(t, s.Submit(context.Background(), "null", "", []string{"gone@example.net"}, msg("null")))
-	// The DSN would be sent before the message leaves the spool.
-	waitFor(t, "done", func() bool { return s.Stats().Depth == 0 })
-	require.Empty(t, e.bounces.all())
-	require.EqualValues(t, 1, s.Stats().Bounced)
-	require.Empty(t, files(t, e.dir))
-}
-
-func TestMaxAgeDSN(t *testing.T) {
-	e := newEnv(t)
-	e.sink.setRcpt(func(to string) error {
-		if to == "slow@example.net" {
-			return reply(451, [3]int{4, 7, 0}, "greylisted")
-		}
-		return nil
-	})
-	s := e.open()
-	run(t, s)
-	require.NoError(t, s.Submit(context.Background(), "old", "alice@example.com",
-		[]string{"bob@example.net", "slow@example.net"}, msg("old")))
-	waitFor(t, "deferred", func() bool { return s.Stats().Deferred >= 1 })
-	require.Empty(t, e.bounces.all(), "not expired yet")
-
-	e.clock.advance(e.opts.MaxAge)
-	waitFor(t, "expired", func() bool { return s.Stats().Depth == 0 })
-	require.Equal(t, map[string]int{"bob@example.net": 1}, e.sink.rcpts())
-	b := e.bounces.all()
-	require.Len(t, b, 1)
-	p := parseDSN(t, b[0].DSN)
-	require.Len(t, p.perRcpt, 1)
-	require.Equal(t, "rfc822; slow@example.net", p.perRcpt[0].Get("Final-Recipient"))
-	require.Equal(t, "failed", p.perRcpt[0].Get("Action"))
-	require.Equal(t, "4.4.7", p.perRcpt[0].Get("Status"))
-	require.Equal(t, "smtp; 451 4.7.0 greylisted", p.perRcpt[0].Get("Diagnostic-Code"))
-	require.Contains(t, p.text, "delivery time expired")
-}
-
-func TestBounceFailureKeepsRecipient(t *testing.T) {
-	e := newEnv(t)
-	e.sink.setRcpt(func(string) error { return reply(550, [3]int{5, 1, 1}, "no such user") })
-	e.bounces.setErr(errTest)
-	s := e.open()
-	run(t, s)
-	require.NoError(t, s.Submit(context.Background(), "b1", "alice@example.com", []string{"gone@example.net"}, msg("b1")))
-	waitFor(t, "failed twice", func() bool {
-		l, err := List(e.dir)
-		return err == nil && len(l) == 1 && l[0].Attempts >= 2
-	})
-	l, _ := List(e.dir)
-	require.Equal(t, []string{"gone@example.net"}, l[0].To, "no DSN, so not done")
-	require.Contains(t, l[0].LastError, "DSN failed")
-
-	e.bounces.setErr(nil)
-	waitFor(t, "bounced", func() bool { return s.Stats().Depth == 0 })
-	require.Len(t, e.bounces.all(), 1)
-}
 
 func TestRecovery(t *testing.T) {
 	e := newEnv(t)
 	// A first process spools a message and dies before delivering it, in the middle of
 	// writing another one, and a message file is damaged.
 	s1 := e.open()
-	require.NoError(t, s1.Submit(context.Background(), "kept", "alice@example.com", []string{"bob@example.net"}, msg("kept")))
+	require.NoError(t, put(s1, context.Background(), "kept", "alice@example.com", []string{"bob@example.net"}, msg("kept")))
 	s1.Close()
 	require.NoError(t, os.WriteFile(filepath.Join(e.dir, tmpPrefix+"123"), []byte(magic+`{"from":"x"`), 0o600))
 	require.NoError(t, os.WriteFile(filepath.Join(e.dir, "damaged.msg"), []byte(magic+`{"from":"x","to":["y"],"size":100}`+"\nshort"), 0o600))
@@ -301,9 +34,9 @@ func TestRecovery(t *testing.T) {
 	s2 := e.open()
 	require.Equal(t, []string{"damaged.bad"}, files(t, e.dir))
 	require.Equal(t, 1, s2.Stats().Depth)
-	run(t, s2)
-	waitFor(t, "delivered", func() bool { return s2.Stats().Depth == 0 })
-	require.Equal(t, map[string]int{"bob@example.net": 1}, e.sink.rcpts())
+	require.Zero(t, e.deliver(s2))
+	require.Zero(t, s2.Stats().Depth)
+	require.Equal(t, map[string]int{"bob@example.net": 1}, sentTo(e.sink))
 	require.Equal(t, []string{"damaged.bad"}, files(t, e.dir))
 	segs, _ := segFiles(t, e.dir)
 	require.Len(t, segs, 0, "the recovered segment is retired once its message is delivered; no stray done file")
@@ -324,9 +57,9 @@ func TestRecoveryMessageFileChecksum(t *testing.T) {
 	}
 	s := e.open()
 	require.ElementsMatch(t, []string{"good.msg", "torn.bad"}, files(t, e.dir))
-	run(t, s)
-	waitFor(t, "delivered", func() bool { return s.Stats().Depth == 0 })
-	require.Equal(t, map[string]int{"good@example.net": 1}, e.sink.rcpts())
+	require.Zero(t, e.deliver(s))
+	require.Zero(t, s.Stats().Depth)
+	require.Equal(t, map[string]int{"good@example.net": 1}, sentTo(e.sink))
 }
 
 // After a crash a segment is read to its end: records that were never acknowledged (torn,
@@ -384,7 +117,7 @@ func TestRecoverySegment(t *testing.T) {
 			s1 := e.open()
 			for i := range 4 {
 				id := fmt.Sprintf("m%d", i)
-				require.NoError(t, s1.Submit(context.Background(), id, "alice@example.com", []string{fmt.Sprintf("r%d@example.net", i)}, msg(id)))
+				require.NoError(t, put(s1, context.Background(), id, "alice@example.com", []string{fmt.Sprintf("r%d@example.net", i)}, msg(id)))
 			}
 			s1.Close()
 			segs, _ := segFiles(t, e.dir)
@@ -430,13 +163,13 @@ func TestRecoverySegment(t *testing.T) {
 
 			s2 := e.open()
 			require.Equal(t, len(tc.want), s2.Stats().Depth)
-			run(t, s2)
-			waitFor(t, "delivered", func() bool { return s2.Stats().Depth == 0 })
+			require.Zero(t, e.deliver(s2))
+			require.Zero(t, s2.Stats().Depth)
 			want := map[string]int{}
 			for _, r := range tc.want {
 				want[r+"@example.net"] = 1
 			}
-			require.Equal(t, want, e.sink.rcpts())
+			require.Equal(t, want, sentTo(e.sink))
 			require.Equal(t, tc.damaged, strings.Contains(logs.String(), "damaged records skipped"), logs.String())
 		})
 	}
@@ -448,12 +181,12 @@ func TestSegmentsRetireAndRecycle(t *testing.T) {
 	e := newEnv(t)
 	s := e.open()
 	s.segMax = 1 // every batch starts a segment
-	run(t, s)
 	for i := range 10 {
 		id := fmt.Sprintf("m%d", i)
-		require.NoError(t, s.Submit(context.Background(), id, "alice@example.com", []string{id + "@example.net"}, msg(id)))
+		require.NoError(t, put(s, context.Background(), id, "alice@example.com", []string{id + "@example.net"}, msg(id)))
 	}
-	waitFor(t, "delivered", func() bool { return s.Stats().Depth == 0 })
+	require.Zero(t, e.deliver(s))
+	require.Zero(t, s.Stats().Depth)
 	segs, spares := segFiles(t, e.dir)
 	require.Len(t, segs, 2, "only the current segment and its done file are left")
 	require.NotEmpty(t, spares)
@@ -467,20 +200,20 @@ func TestSegmentsRetireAndRecycle(t *testing.T) {
 			old[inode(t, filepath.Join(e.dir, n))] = true
 		}
 	}
-	require.NoError(t, s.Submit(context.Background(), "x", "alice@example.com", []string{"x@example.net"}, msg("x")))
-	waitFor(t, "delivered", func() bool { return s.Stats().Depth == 0 })
+	require.NoError(t, put(s, context.Background(), "x", "alice@example.com", []string{"x@example.net"}, msg("x")))
+	require.Zero(t, e.deliver(s))
+	require.Zero(t, s.Stats().Depth)
 	segs, _ = segFiles(t, e.dir)
 	require.Len(t, segs, 2)
 	require.True(t, old[inode(t, filepath.Join(e.dir, segs[1]))], "the new segment is a retired one written over, not a new file")
-	require.Equal(t, 11, len(e.sink.deliveries()))
+	require.Equal(t, 11, len(e.sink.Messages()))
 }
 
 // A message that waits for a retry moves out of its segment into a file of its own, so the
 // segment can be retired; the state and the message survive a restart.
 func TestDeferredMovesOut(t *testing.T) {
 	e := newEnv(t)
-	e.opts.RetryMin, e.opts.RetryMax = time.Hour, time.Hour
-	e.sink.setRcpt(func(to string) error {
+	e.sink.OnRcpt(func(to string) error {
 		if to == "later@example.net" {
 			return reply(451, [3]int{4, 3, 0}, "later")
 		}
@@ -488,22 +221,21 @@ func TestDeferredMovesOut(t *testing.T) {
 	})
 	s := e.open()
 	s.segMax = 1
-	stop := run(t, s)
-	require.NoError(t, s.Submit(context.Background(), "wait", "alice@example.com", []string{"now@example.net", "later@example.net"}, msg("wait")))
-	waitFor(t, "deferred", func() bool { return s.Stats().Deferred == 1 })
-	waitFor(t, "moved out", func() bool { return slices.Equal([]string{"wait.msg", "wait.state"}, files(t, e.dir)) })
-	require.NoError(t, s.Submit(context.Background(), "next", "alice@example.com", []string{"now@example.net"}, msg("next")))
-	waitFor(t, "delivered", func() bool { return s.Stats().Depth == 1 })
+	require.NoError(t, put(s, context.Background(), "wait", "alice@example.com", []string{"now@example.net", "later@example.net"}, msg("wait")))
+	require.Equal(t, 1, e.deliver(s), "deferred")
+	require.Equal(t, []string{"wait.msg", "wait.state"}, files(t, e.dir), "moved out")
+	require.NoError(t, put(s, context.Background(), "next", "alice@example.com", []string{"now@example.net"}, msg("next")))
+	require.Equal(t, 1, e.deliver(s), "next delivered; wait not due")
+	require.Equal(t, 1, s.Stats().Depth)
 	require.Equal(t, 1, s.Stats().Segments, "the first segment was retired")
-	stop()
 	s.Close()
 
-	e.sink.setRcpt(nil)
+	e.sink.OnRcpt(nil)
 	s2 := e.open()
 	require.NoError(t, Retry(e.dir, "wait"))
-	run(t, s2)
-	waitFor(t, "delivered", func() bool { return s2.Stats().Depth == 0 })
-	require.Equal(t, map[string]int{"now@example.net": 2, "later@example.net": 1}, e.sink.rcpts())
+	require.Zero(t, e.deliver(s2))
+	require.Zero(t, s2.Stats().Depth)
+	require.Equal(t, map[string]int{"now@example.net": 2, "later@example.net": 1}, sentTo(e.sink))
 	require.Empty(t, files(t, e.dir))
 }
 
@@ -512,8 +244,8 @@ func TestDeferredMovesOut(t *testing.T) {
 func TestAdminSegment(t *testing.T) {
 	e := newEnv(t)
 	s := e.open()
-	require.NoError(t, s.Submit(context.Background(), "s1", "alice@example.com", []string{"a@example.net"}, msg("s1")))
-	require.NoError(t, s.Submit(context.Background(), "s2", "", []string{"b@example.net"}, msg("s2")))
+	require.NoError(t, put(s, context.Background(), "s1", "alice@example.com", []string{"a@example.net"}, msg("s1")))
+	require.NoError(t, put(s, context.Background(), "s2", "", []string{"b@example.net"}, msg("s2")))
 	l, err := List(e.dir)
 	require.NoError(t, err)
 	require.Len(t, l, 2)
@@ -532,59 +264,25 @@ func TestAdminSegment(t *testing.T) {
 
 	s2 := e.open()
 	require.Equal(t, 1, s2.Stats().Depth)
-	run(t, s2)
-	waitFor(t, "delivered", func() bool { return s2.Stats().Depth == 0 })
-	require.Equal(t, map[string]int{"a@example.net": 1}, e.sink.rcpts())
+	require.Zero(t, e.deliver(s2))
+	require.Zero(t, s2.Stats().Depth)
+	require.Equal(t, map[string]int{"a@example.net": 1}, sentTo(e.sink))
 }
 
 func TestCrashThenRestart(t *testing.T) {
 	e := newEnv(t)
 	s1 := e.open()
 	for i := range 20 {
-		require.NoError(t, s1.Submit(context.Background(), fmt.Sprintf("c%02d", i), "alice@example.com", []string{"bob@example.net"}, msg("c")))
+		require.NoError(t, put(s1, context.Background(), fmt.Sprintf("c%02d", i), "alice@example.com", []string{"bob@example.net"}, msg("c")))
 	}
 	s1.Close() // the process dies: nothing was delivered
-	require.Empty(t, e.sink.deliveries())
+	require.Empty(t, e.sink.Messages())
 
 	s2 := e.open()
 	require.Equal(t, 20, s2.Stats().Depth)
-	run(t, s2)
-	waitFor(t, "delivered", func() bool { return s2.Stats().Depth == 0 })
-	require.Equal(t, map[string]int{"bob@example.net": 20}, e.sink.rcpts())
-}
-
-func TestDoneRecipientsSurviveRestart(t *testing.T) {
-	// bob is delivered in the first attempt, carol deferred; after a restart only carol
-	// is sent: a recipient marked done is never pending again.
-	e := newEnv(t)
-	e.opts.RetryMin, e.opts.RetryMax = time.Hour, time.Hour
-	e.sink.setRcpt(func(to string) error {
-		if to == "carol@example.org" {
-			return reply(452, [3]int{4, 2, 2}, "over quota")
-		}
-		return nil
-	})
-	s1 := e.open()
-	stop := run(t, s1)
-	require.NoError(t, s1.Submit(context.Background(), "part", "alice@example.com", []string{"bob@example.net", "carol@example.org"}, msg("part")))
-	waitFor(t, "deferred", func() bool { return s1.Stats().Deferred == 1 })
-	stop()
-	s1.Close()
-
-	ent, _, err := Show(e.dir, "part")
-	require.NoError(t, err)
-	require.Equal(t, []string{"carol@example.org"}, ent.To)
-	require.Equal(t, []string{"bob@example.net"}, ent.Done)
-	require.Equal(t, 1, ent.Attempts)
-	require.True(t, ent.NextTry.After(time.Now().Add(30*time.Minute)))
-
-	e.sink.setRcpt(nil)
-	e.opts.RetryMin = 10 * time.Millisecond
-	s2 := e.open()
-	require.NoError(t, Retry(e.dir, "part")) // the next try is an hour away
-	run(t, s2)
-	waitFor(t, "delivered", func() bool { return s2.Stats().Depth == 0 })
-	require.Equal(t, map[string]int{"bob@example.net": 1, "carol@example.org": 1}, e.sink.rcpts())
+	require.Zero(t, e.deliver(s2))
+	require.Zero(t, s2.Stats().Depth)
+	require.Equal(t, map[string]int{"bob@example.net": 20}, sentTo(e.sink))
 }
 
 // breakDir makes dir unwritable and returns the function that repairs it. chmod 0500 is
@@ -607,28 +305,20 @@ func breakDir(t *testing.T, dir string) (repair func()) {
 	}
 }
 
+// A spool that cannot be written refuses new messages with 451 (and Writable says why), and
+// takes them again once it is repaired; what it held is kept. (internal/queue's
+// TestUnwritableSpool has the deliveries that go on meanwhile.)
 func TestUnwritableSpool(t *testing.T) {
 	e := newEnv(t)
 	s := e.open()
-	run(t, s)
-	require.NoError(t, s.Submit(context.Background(), "before", "alice@example.com", []string{"bob@example.net"}, msg("before")))
-	waitFor(t, "delivered", func() bool { return s.Stats().Depth == 0 })
-
-	// A message already accepted, waiting for a retry while the directory breaks, is
-	// not lost: its attempts go on, their state cannot be written, and it is delivered
-	// once the directory is back.
-	e.sink.setRcpt(func(to string) error {
-		if to == "held@example.net" {
-			return reply(451, [3]int{4, 3, 0}, "later")
-		}
-		return nil
-	})
-	require.NoError(t, s.Submit(context.Background(), "held", "alice@example.com", []string{"held@example.net"}, msg("held")))
-	waitFor(t, "deferred", func() bool { return s.Stats().Deferred == 1 })
+	require.NoError(t, put(s, context.Background(), "before", "alice@example.com", []string{"bob@example.net"}, msg("before")))
+	require.Zero(t, e.deliver(s))
+	e.sink.Reject("held@example.net", &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "later"})
+	require.NoError(t, put(s, context.Background(), "held", "alice@example.com", []string{"held@example.net"}, msg("held")))
+	require.Equal(t, 1, e.deliver(s), "deferred")
 
 	repair := breakDir(t, e.dir)
-	waitFor(t, "retried while broken", func() bool { return s.Stats().Deferred >= 3 })
-	err := s.Submit(context.Background(), "nope", "alice@example.com", []string{"bob@example.net"}, msg("nope"))
+	err := put(s, context.Background(), "nope", "alice@example.com", []string{"bob@example.net"}, msg("nope"))
 	require.Error(t, err)
 	var r interface{ SMTPReply() (int, [3]int, string) }
 	require.True(t, errors.As(err, &r))
@@ -639,25 +329,27 @@ func TestUnwritableSpool(t *testing.T) {
 	require.Equal(t, 1, s.Stats().Depth)
 
 	repair()
-	e.sink.setRcpt(nil)
+	e.sink.OnRcpt(nil)
 	require.NoError(t, s.Writable())
-	require.NoError(t, s.Submit(context.Background(), "nope", "alice@example.com", []string{"bob@example.net"}, msg("nope")), "the id is free again")
-	waitFor(t, "delivered", func() bool { return s.Stats().Depth == 0 })
-	require.Equal(t, map[string]int{"bob@example.net": 2, "held@example.net": 1}, e.sink.rcpts())
+	require.NoError(t, put(s, context.Background(), "nope", "alice@example.com", []string{"bob@example.net"}, msg("nope")), "the id is free again")
+	require.NoError(t, Retry(e.dir, "held"))
+	require.Zero(t, e.deliver(s))
+	require.Zero(t, s.Stats().Depth)
+	require.Equal(t, map[string]int{"bob@example.net": 2, "held@example.net": 1}, sentTo(e.sink))
 }
 
 func TestOpenLocks(t *testing.T) {
 	e := newEnv(t)
 	s := e.open()
-	_, err := Open(e.opts)
+	_, _, err := Open(e.opts)
 	require.ErrorContains(t, err, "in use by another relay process")
 	require.NoError(t, s.Close())
-	s2, err := Open(e.opts)
+	s2, _, err := Open(e.opts)
 	require.NoError(t, err)
 	s2.Close()
 }
 
-func TestSubmitErrors(t *testing.T) {
+func TestPutErrors(t *testing.T) {
 	e := newEnv(t)
 	s := e.open()
 	ctx := context.Background()
@@ -671,133 +363,64 @@ func TestSubmitErrors(t *testing.T) {
 		{"no recipients", "x", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := s.Submit(ctx, tc.id, "a@b", tc.to, msg("x"))
+			_, err := s.Put(ctx, tc.id, "a@b", tc.to, msg("x"))
 			var se *Error
 			require.ErrorAs(t, err, &se)
 		})
 	}
-	require.NoError(t, s.Submit(ctx, "dup", "a@b", []string{"c@d"}, msg("x")))
-	require.Error(t, s.Submit(ctx, "dup", "a@b", []string{"c@d"}, msg("x")))
+	require.NoError(t, put(s, ctx, "dup", "a@b", []string{"c@d"}, msg("x")))
+	require.Error(t, put(s, ctx, "dup", "a@b", []string{"c@d"}, msg("x")))
 	s.Close()
-	require.ErrorIs(t, s.Submit(ctx, "late", "a@b", []string{"c@d"}, msg("x")), ErrClosed)
-}
-
-func TestAdmin(t *testing.T) {
-	e := newEnv(t)
-	e.opts.RetryMin, e.opts.RetryMax = time.Hour, time.Hour
-	var mu sync.Mutex
-	tries := map[string]int{}
-	e.sink.setRcpt(func(to string) error {
-		mu.Lock()
-		tries[to]++
-		mu.Unlock()
-		return reply(450, [3]int{4, 2, 1}, "busy")
-	})
-	count := func(to string) int {
-		mu.Lock()
-		defer mu.Unlock()
-		return tries[to]
-	}
-	s := e.open()
-	run(t, s)
-	ctx := context.Background()
-	require.NoError(t, s.Submit(ctx, "a1", "alice@example.com", []string{"a@example.net"}, msg("a1")))
-	waitFor(t, "a1 tried", func() bool { return s.Stats().Deferred == 1 })
-	e.clock.advance(time.Second) // orders the arrivals
-	require.NoError(t, s.Submit(ctx, "a2", "", []string{"b@example.net"}, msg("a2")))
-	waitFor(t, "a2 tried", func() bool { return s.Stats().Deferred == 2 })
-
-	l, err := List(e.dir)
-	require.NoError(t, err)
-	require.Len(t, l, 2)
-	require.Equal(t, "a1", l[0].ID)
-	require.Equal(t, "alice@example.com", l[0].From)
-	require.Equal(t, []string{"a@example.net"}, l[0].To)
-	require.Equal(t, 1, l[0].Attempts)
-	require.Contains(t, l[0].LastError, "450 4.2.1 busy")
-	require.Equal(t, "a2", l[1].ID)
-	require.Equal(t, "", l[1].From)
-
-	ent, data, err := Show(e.dir, "a2")
-	require.NoError(t, err)
-	require.Equal(t, msg("a2"), data)
-	require.Equal(t, len(data), ent.Size)
-	_, _, err = Show(e.dir, "nope")
-	require.ErrorIs(t, err, ErrNotFound)
-	require.ErrorIs(t, Retry(e.dir, "nope"), ErrNotFound)
-	require.ErrorIs(t, Delete(e.dir, "nope"), ErrNotFound)
-
-	// Retry one: the server notices the request and tries it again at once.
-	require.NoError(t, Retry(e.dir, "a1"))
-	waitFor(t, "a1 retried", func() bool { return count("a@example.net") == 2 })
-	require.Equal(t, 1, count("b@example.net"))
-	waitFor(t, "request consumed", func() bool {
-		l, _ := List(e.dir)
-		return len(l) == 2 && !l[0].RetryRequested && l[0].Attempts == 2
-	})
-
-	// Retry all.
-	require.NoError(t, Retry(e.dir, ""))
-	waitFor(t, "all retried", func() bool { return count("a@example.net") == 3 && count("b@example.net") == 2 })
-
-	// Delete: gone from the directory at once, and from the server's memory.
-	require.NoError(t, Delete(e.dir, "a2"))
-	l, err = List(e.dir)
-	require.NoError(t, err)
-	require.Len(t, l, 1)
-	waitFor(t, "forgotten", func() bool { return s.Stats().Depth == 1 })
-	require.NoError(t, Retry(e.dir, ""))
-	waitFor(t, "a1 retried again", func() bool { return count("a@example.net") == 4 })
-	require.Equal(t, 2, count("b@example.net"), "a deleted message is not delivered")
-	waitFor(t, "no orphan state", func() bool {
-		_, err := os.Stat(statePath(e.dir, "a2"))
-		return errors.Is(err, os.ErrNotExist)
-	})
-}
-
-func TestConcurrentSubmit(t *testing.T) {
-	e := newEnv(t)
-	s := e.open()
-	run(t, s)
-	const clients, per = 20, 25
-	var wg sync.WaitGroup
-	for c := range clients {
-		wg.Go(func() {
-			for i := range per {
-				id := fmt.Sprintf("c%d-%d", c, i)
-				require.NoError(t, s.Submit(context.Background(), id, "alice@example.com", []string{id + "@example.net"}, msg(id)))
-			}
-		})
-	}
-	wg.Wait()
-	waitFor(t, "all delivered", func() bool { return s.Stats().Depth == 0 })
-	got := e.sink.rcpts()
-	require.Len(t, got, clients*per)
-	for r, n := range got {
-		require.Equal(t, 1, n, r)
-	}
-	require.Empty(t, files(t, e.dir))
-}
-
-func TestPermanent(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		err  error
-		want bool
-	}{
-		{"5xx reply", &deliver.Error{Code: 550, Enhanced: [3]int{5, 1, 1}}, true},
-		{"wrapped 5xx", fmt.Errorf("x: %w", &deliver.Error{Code: 554}), true},
-		{"4xx reply", &deliver.Error{Code: 451}, false},
-		{"fault", &deliver.Error{Err: errors.New("connection reset")}, false},
-		{"net error", &net.OpError{Op: "dial", Err: errors.New("connection refused")}, false},
-		{"plain error", errors.New("something"), false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			require.Equal(t, tc.want, permanent(tc.err))
-		})
-	}
+	require.ErrorIs(t, put(s, ctx, "late", "a@b", []string{"c@d"}, msg("x")), ErrClosed)
 }
 
 func TestMaxRecipientsMatchesConfig(t *testing.T) {
 	require.Equal(t, config.MaxRecipientsLimit, MaxRecipients)
+}
+
+// The requests of `relay queue` reach the server through Requests: a deletion is the
+// spool's to carry out (the message is forgotten and Deleted, its files gone), retries are
+// handed on; every request file is consumed.
+func TestRequests(t *testing.T) {
+	e := newEnv(t)
+	s := e.open()
+	ctx := context.Background()
+	a1, err := s.Put(ctx, "a1", "alice@example.com", []string{"a@example.net"}, msg("a1"))
+	require.NoError(t, err)
+	s2, err := s.Put(ctx, "s2", "alice@example.com", []string{"b@example.net"}, msg("s2"))
+	require.NoError(t, err)
+	require.NoError(t, Retry(e.dir, "a1"))
+	require.NoError(t, Retry(e.dir, ""))
+	require.NoError(t, Delete(e.dir, "s2"))
+	require.NoError(t, os.WriteFile(filepath.Join(e.dir, ctlDir, "unknown"), nil, 0o600))
+
+	var got []Request
+	s.Requests(func(r Request) { got = append(got, r) })
+	require.ElementsMatch(t, []Request{{Op: OpRetryAll}, {Op: OpRetry, ID: "a1"}, {Op: OpDelete, ID: "s2"}}, got)
+	require.True(t, s2.Deleted())
+	require.False(t, a1.Deleted())
+	require.Equal(t, 1, s.Stats().Depth)
+	ents, err := os.ReadDir(filepath.Join(e.dir, ctlDir))
+	require.NoError(t, err)
+	require.Empty(t, ents, "requests consumed")
+
+	require.Zero(t, e.deliver(s))
+	require.Equal(t, map[string]int{"a@example.net": 1}, sentTo(e.sink))
+}
+
+// An attempt that ends after its message was deleted writes no state for it: there is no
+// message file left to keep one for, and nothing is left in the directory.
+func TestDeferAfterDelete(t *testing.T) {
+	e := newEnv(t)
+	s := e.open()
+	m, err := s.Put(context.Background(), "d1", "alice@example.com", []string{"a@example.net"}, msg("d1"))
+	require.NoError(t, err)
+	data, err := s.Read(m)
+	require.NoError(t, err)
+	require.NoError(t, Delete(e.dir, "d1"))
+	s.Requests(func(Request) {})
+	require.True(t, m.Deleted())
+	require.Error(t, s.Defer(m, State{Attempts: 1}, data), "no message file to keep a state for")
+	require.Empty(t, files(t, e.dir))
+	require.Zero(t, s.Stats().Depth)
 }

@@ -1,4 +1,10 @@
-package spool
+// Package dsn owns delivery status notifications (RFC 3464): the report of the recipients
+// of a message that failed for good, built from the original message, their status and
+// diagnostic and the reporting MTA; and the step that sends it back to the envelope sender
+// through the relay's own pipeline (Sender). It never decides that a recipient failed
+// (internal/queue does), and never talks SMTP or writes a file: the pipeline rewrites, signs
+// and spools the report like any other message.
+package dsn
 
 import (
 	"bytes"
@@ -11,38 +17,41 @@ import (
 	"unicode/utf8"
 )
 
-// report is what one delivery status notification says: the failures of one attempt of
-// one message.
-type report struct {
-	Hostname string // Reporting-MTA
-	ID       string // our queue id
-	Sender   string // the original envelope sender: the DSN's recipient
-	Arrival  time.Time
-	Date     time.Time // of the attempt
-	Failed   []outcome
-	Header   []byte // the original message's header section
+// Report is what one delivery status notification says: the permanent failures of one
+// delivery attempt of one message.
+type Report struct {
+	ID      string // the original's queue id
+	Sender  string // the original envelope sender: the report's recipient
+	Arrival time.Time
+	Date    time.Time // of the attempt
+	Failed  []Recipient
+	// Message is the original message; its header section is quoted, up to maxHeader
+	// octets. Nil when it could not be read.
+	Message []byte
 }
 
-// maxDSNHeader bounds the copy of the original header in a DSN: enough for any real
-// header, and a DSN of a message with a giant header does not carry it all back.
-const maxDSNHeader = 64 << 10
-
-// dsn builds the DSN for the permanent failures of one attempt of m.
-func (s *Spool) dsn(m *message, failed []outcome, data []byte, now time.Time) []byte {
-	return buildDSN(report{
-		Hostname: s.o.Hostname, ID: m.id, Sender: m.from,
-		Arrival: m.received, Date: now, Failed: failed, Header: headerSection(data),
-	})
+// Recipient is one failed recipient.
+type Recipient struct {
+	Addr   string
+	Status [3]int // RFC 3463; 4.4.7 when the message expired (SPEC §8 max_age)
+	Diag   string // the upstream's reply ("550 5.1.1 no such user") or our own reason, one line
+	Reply  bool   // Diag is an SMTP reply: Diagnostic-Code type "smtp", else "X-Relay"
 }
 
-// buildDSN renders r as an RFC 3464 delivery status notification: a multipart/report
-// (RFC 6522) of a human-readable part, a message/delivery-status part and the original
-// header as text/rfc822-headers. Non-ASCII addresses use the RFC 6533 types
-// (message/global-delivery-status, "utf-8" address type, message/global-headers).
-func buildDSN(r report) []byte {
-	intl := !isASCII(r.Sender) || !isASCII(string(r.Header))
+// maxHeader bounds the copy of the original header in a DSN: enough for any real header,
+// and a DSN of a message with a giant header does not carry it all back.
+const maxHeader = 64 << 10
+
+// Build renders r as an RFC 3464 delivery status notification from reportingMTA, the
+// relay's host name: a multipart/report (RFC 6522) of a human-readable part, a
+// message/delivery-status part and the original header as text/rfc822-headers. Non-ASCII
+// addresses use the RFC 6533 types (message/global-delivery-status, "utf-8" address type,
+// message/global-headers). The same report renders the same bytes.
+func Build(r Report, reportingMTA string) []byte {
+	header := headerSection(r.Message)
+	intl := !isASCII(r.Sender) || !isASCII(string(header))
 	for _, f := range r.Failed {
-		intl = intl || !isASCII(f.rcpt) || !isASCII(f.diag)
+		intl = intl || !isASCII(f.Addr) || !isASCII(f.Diag)
 	}
 	date := r.Date.Format(time.RFC1123Z)
 
@@ -51,7 +60,7 @@ func buildDSN(r report) []byte {
 	// A boundary from the message's identity: the same report renders the same bytes (the
 	// golden tests rely on it), and it is checked against the one part we do not write.
 	boundary := fmt.Sprintf("=_dsn_%s_%d", r.ID, r.Date.Unix())
-	for bytes.Contains(r.Header, []byte(boundary)) {
+	for bytes.Contains(header, []byte(boundary)) {
 		boundary += "="
 	}
 	if err := mw.SetBoundary(boundary); err != nil {
@@ -62,15 +71,15 @@ func buildDSN(r report) []byte {
 
 	// Part 1: for humans (RFC 6522 §3).
 	var text strings.Builder
-	fmt.Fprintf(&text, "This is the mail system at host %s.\r\n\r\n", r.Hostname)
+	fmt.Fprintf(&text, "This is the mail system at host %s.\r\n\r\n", reportingMTA)
 	text.WriteString("Your message could not be delivered to one or more recipients.\r\n")
 	text.WriteString("It is attached below (headers only).\r\n\r\n")
 	for _, f := range r.Failed {
-		why := f.diag
-		if f.status == [3]int{4, 4, 7} {
+		why := f.Diag
+		if f.Status == [3]int{4, 4, 7} {
 			why = "delivery time expired; last error: " + why
 		}
-		fmt.Fprintf(&text, "<%s>: %s\r\n", f.rcpt, why)
+		fmt.Fprintf(&text, "<%s>: %s\r\n", f.Addr, why)
 	}
 	h := textproto.MIMEHeader{}
 	if intl {
@@ -91,22 +100,22 @@ func buildDSN(r report) []byte {
 
 	// Part 2: the machine-readable status (RFC 3464 §2.2, §2.3).
 	var ds strings.Builder
-	field(&ds, "Reporting-MTA", "dns; "+r.Hostname)
+	field(&ds, "Reporting-MTA", "dns; "+reportingMTA)
 	field(&ds, "X-Relay-Queue-ID", r.ID)
 	field(&ds, "Arrival-Date", r.Arrival.Format(time.RFC1123Z))
 	for _, f := range r.Failed {
 		ds.WriteString("\r\n")
 		addrType := "rfc822"
-		if !isASCII(f.rcpt) {
+		if !isASCII(f.Addr) {
 			addrType = "utf-8" // RFC 6533 §3
 		}
-		field(&ds, "Final-Recipient", addrType+"; "+f.rcpt)
+		field(&ds, "Final-Recipient", addrType+"; "+f.Addr)
 		field(&ds, "Action", "failed")
-		field(&ds, "Status", fmt.Sprintf("%d.%d.%d", f.status[0], f.status[1], f.status[2]))
-		if f.reply {
-			field(&ds, "Diagnostic-Code", "smtp; "+f.diag)
+		field(&ds, "Status", fmt.Sprintf("%d.%d.%d", f.Status[0], f.Status[1], f.Status[2]))
+		if f.Reply {
+			field(&ds, "Diagnostic-Code", "smtp; "+f.Diag)
 		} else {
-			field(&ds, "Diagnostic-Code", "X-Relay; "+f.diag)
+			field(&ds, "Diagnostic-Code", "X-Relay; "+f.Diag)
 		}
 		field(&ds, "Last-Attempt-Date", date)
 	}
@@ -129,15 +138,15 @@ func buildDSN(r report) []byte {
 	}
 	h.Set("Content-Description", "Undelivered message headers")
 	pw, _ = mw.CreatePart(h)
-	pw.Write(r.Header)
+	pw.Write(header)
 	mw.Close()
 
 	var msg bytes.Buffer
-	field(&msg, "From", fmt.Sprintf("Mail Delivery System <MAILER-DAEMON@%s>", r.Hostname))
+	field(&msg, "From", fmt.Sprintf("Mail Delivery System <MAILER-DAEMON@%s>", reportingMTA))
 	field(&msg, "To", "<"+r.Sender+">")
 	field(&msg, "Subject", "Undelivered Mail Returned to Sender")
 	field(&msg, "Date", date)
-	field(&msg, "Message-ID", fmt.Sprintf("<%s.%d.dsn@%s>", r.ID, r.Date.UnixNano(), r.Hostname))
+	field(&msg, "Message-ID", fmt.Sprintf("<%s.%d.dsn@%s>", r.ID, r.Date.UnixNano(), reportingMTA))
 	field(&msg, "Auto-Submitted", "auto-replied") // RFC 3834 §5
 	field(&msg, "MIME-Version", "1.0")
 	field(&msg, "Content-Type", fmt.Sprintf("multipart/report; report-type=delivery-status; boundary=%q", boundary))
@@ -167,7 +176,7 @@ func field(w interface{ WriteString(string) (int, error) }, name, value string) 
 	w.WriteString("\r\n")
 }
 
-// headerSection returns the header of a message with CRLF line ends, up to maxDSNHeader
+// headerSection returns the header of a message with CRLF line ends, up to maxHeader
 // octets of whole lines.
 func headerSection(data []byte) []byte {
 	var out bytes.Buffer
@@ -181,7 +190,7 @@ func headerSection(data []byte) []byte {
 		if len(line) == 0 {
 			break
 		}
-		if out.Len()+len(line)+2 > maxDSNHeader {
+		if out.Len()+len(line)+2 > maxHeader {
 			break
 		}
 		out.Write(line)
