@@ -33,6 +33,7 @@ func commands() map[string]command {
 		"keygen":        {"keygen [-type ed25519|rsa] [-bits 2048] -out FILE [-selector S] [-domain D]", "write a new DKIM key and print its TXT record", cmdKeygen},
 		"hash-password": {"hash-password", "read a password on stdin, print its bcrypt hash", cmdHashPassword},
 		"queue":         {"queue [-config F] list|show ID|retry [ID]|delete ID", "inspect and act on the spool", cmdQueue},
+		"version":       {"version", "print the version, commit and Go version of this build", cmdVersion},
 	}
 }
 
