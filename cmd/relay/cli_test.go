@@ -2,18 +2,22 @@ package main
 
 import (
 	"bytes"
+	"crypto/rsa"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
 
+	"relay/internal/config"
 	"relay/internal/dkimkey"
 	"relay/internal/dnstest"
+	"relay/internal/doctor"
 	"relay/internal/relaytest"
 )
 
@@ -117,6 +121,15 @@ func TestCheck(t *testing.T) {
 	require.Contains(t, out, "configuration is valid")
 	require.Contains(t, out, "default._domainkey.example.net")
 	require.NotContains(t, out, "$2a$")
+	// The record each configured key needs, as the key itself makes it.
+	cfg, err := config.Load(example)
+	require.NoError(t, err)
+	rec, err := dkimkey.Record(cfg.DKIM.Signer.Public())
+	require.NoError(t, err)
+	require.Contains(t, out, "  "+doctor.TXT("dkim", "", "default._domainkey.example.net", rec).Zone+"\n")
+	for _, k := range cfg.DKIM.Keys {
+		require.Contains(t, out, "  "+k.Selector+"._domainkey."+k.Domain+". IN TXT \"v=DKIM1;")
+	}
 
 	bad := filepath.Join(t.TempDir(), "bad.toml")
 	require.NoError(t, os.WriteFile(bad, []byte("[smtp]\nlisten = \"127.0.0.1:2525\"\nallow_netwoks = []\n[sender]\nfallback = \"nope\"\n"), 0o600))
@@ -139,9 +152,12 @@ func TestKeygen(t *testing.T) {
 		require.NoError(t, err)
 		rec, err := dkimkey.Record(k.Public())
 		require.NoError(t, err)
-		require.True(t, strings.HasPrefix(stdout, "s1._domainkey.example.org. IN TXT "))
+		lines := strings.Split(strings.TrimSpace(stdout), "\n")
+		require.Len(t, lines, 2, stdout)
+		require.True(t, strings.HasPrefix(lines[0], "s1._domainkey.example.org. IN TXT "))
+		require.Equal(t, "s1._domainkey.customer.example. IN CNAME s1._domainkey.example.org.", lines[1])
 		var joined string
-		for _, m := range regexp.MustCompile(`"([^"]*)"`).FindAllStringSubmatch(stdout, -1) {
+		for _, m := range regexp.MustCompile(`"([^"]*)"`).FindAllStringSubmatch(lines[0], -1) {
 			require.LessOrEqual(t, len(m[1]), 255, "a TXT string holds at most 255 octets")
 			joined += m[1]
 		}
@@ -153,6 +169,20 @@ func TestKeygen(t *testing.T) {
 	}
 	code, _, _ := runCLI(t, "", "keygen", "-type", "dsa", "-out", filepath.Join(t.TempDir(), "x"))
 	require.Equal(t, 1, code)
+	code, _, errs := runCLI(t, "", "keygen", "-bits", "512", "-out", filepath.Join(t.TempDir(), "x"))
+	require.Equal(t, 1, code)
+	require.Contains(t, errs, "too short")
+
+	// The default is RSA 2048, which every receiver verifies.
+	out := filepath.Join(t.TempDir(), "k.pem")
+	code, stdout, errs := runCLI(t, "", "keygen", "-out", out)
+	require.Equal(t, 0, code, errs)
+	require.True(t, strings.HasPrefix(stdout, "default._domainkey IN TXT "), stdout)
+	k, err := dkimkey.Load(out)
+	require.NoError(t, err)
+	rk, ok := k.Public().(*rsa.PublicKey)
+	require.True(t, ok, "default key type is RSA")
+	require.Equal(t, 2048, rk.N.BitLen())
 }
 
 func TestHashPassword(t *testing.T) {
@@ -192,4 +222,55 @@ func TestSendDryRunLiveChecks(t *testing.T) {
 		require.Equal(t, 0, code, errs)
 		require.Contains(t, out, tc.want)
 	}
+}
+
+// relay dns: exit 0 when every domain is ready, 1 when one is not, 2 when the DNS could
+// not be asked (naming the domain and the resolver) or on bad usage; -json has the same
+// facts.
+func TestDNS(t *testing.T) {
+	dns := dnstest.New(t, relaytest.Zone(t))
+	dir := t.TempDir()
+	path := filepath.Join(dir, "relay.toml")
+	text := relaytest.Config("127.0.0.1:9", dns.Addr, "direct", filepath.Join(dir, "spool"))
+	require.NoError(t, os.WriteFile(path, []byte(text), 0o600))
+
+	code, out, errs := runCLI(t, "", "dns", "-config", path, "spf-ok.example", "delegated.example")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "spf-ok.example: ready: the relay sends as this domain (spf-pass)\n")
+	require.Contains(t, out, "delegated.example: ready: the relay sends as this domain (dkim-delegated)\n")
+
+	code, out, errs = runCLI(t, "", "dns", "-config", path, "spf-ok.example", "softfail.example")
+	require.Equal(t, 1, code, errs)
+	require.Contains(t, out, "softfail.example: not ready: the relay falls back to noreply@example.net (fallback-global)\n")
+	require.Contains(t, out, `softfail.example. IN TXT "v=spf1 ip4:203.0.113.10 ~all"`)
+
+	code, out, errs = runCLI(t, "", "dns", "-config", path, "-json", "softfail.example")
+	require.Equal(t, 1, code, errs)
+	var res struct {
+		ExitCode int `json:"exit_code"`
+		Domains  []struct {
+			Domain, Status string
+			Publish        []struct{ Kind, Name, Type, Value string }
+		} `json:"domains"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &res))
+	require.Equal(t, 1, res.ExitCode)
+	require.Equal(t, "softfail.example", res.Domains[0].Domain)
+	require.Equal(t, "not-ready", res.Domains[0].Status)
+	require.Equal(t, "v=spf1 ip4:203.0.113.10 ~all", res.Domains[0].Publish[0].Value)
+
+	code, _, errs = runCLI(t, "", "dns", "-config", path, "not a domain")
+	require.Equal(t, 2, code)
+	require.Contains(t, errs, "is not a domain name")
+
+	dns.SetSilent(true)
+	start := time.Now()
+	code, out, errs = runCLI(t, "", "dns", "-config", path, "spf-ok.example")
+	require.Equal(t, 2, code, out)
+	require.Less(t, time.Since(start), 5*time.Second, "bounded by [spf] timeout + 2 x [dns] timeout")
+	require.Contains(t, errs, "the DNS could not be asked")
+	require.Contains(t, errs, "spf-ok.example")
+	require.Contains(t, errs, dns.Addr)
+	require.NotContains(t, out, "spf-ok.example: not ready")
+	require.Contains(t, out, "spf-ok.example: unknown: a DNS lookup failed")
 }

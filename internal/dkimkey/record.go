@@ -34,21 +34,9 @@ func (e *RecordError) Unwrap() error { return e.Err }
 // the text Record writes, refusing records a verifier would not use for the relay's
 // relaxed/sha256 signatures. The error is a *RecordError naming the tag at fault.
 func ParseRecord(txt string) (crypto.PublicKey, error) {
-	tags := map[string]string{}
-	for _, part := range strings.Split(txt, ";") {
-		k, v, ok := strings.Cut(part, "=")
-		if !ok {
-			part = strings.TrimSpace(part)
-			if part == "" {
-				continue
-			}
-			return nil, &RecordError{Tag: part, Reason: fmt.Sprintf("malformed tag %q", part)}
-		}
-		k = strings.TrimSpace(k)
-		if _, dup := tags[k]; dup {
-			return nil, &RecordError{Tag: k, Reason: fmt.Sprintf("duplicate tag %q", k)}
-		}
-		tags[k] = strings.TrimSpace(v)
+	tags, err := Tags(txt)
+	if err != nil {
+		return nil, err
 	}
 	if v, ok := tags["v"]; ok && v != "DKIM1" {
 		return nil, &RecordError{Tag: "v", Reason: fmt.Sprintf("version %q", v)}
@@ -101,6 +89,34 @@ func ParseRecord(txt string) (crypto.PublicKey, error) {
 		return nil, &RecordError{Tag: "k", Reason: fmt.Sprintf("key type %q", k)}
 	}
 }
+
+// Tags splits a DKIM key record into its tags (RFC 6376 §3.2 tag-list: name=value
+// separated by ";", white space around both trimmed), for ParseRecord and for readers
+// of the tags it does not use (t=, the DNS doctor). The error is a *RecordError naming a
+// part that is not tag=value or a tag given twice.
+func Tags(txt string) (map[string]string, error) {
+	tags := map[string]string{}
+	for _, part := range strings.Split(txt, ";") {
+		k, v, ok := strings.Cut(part, "=")
+		if !ok {
+			part = strings.TrimSpace(part)
+			if part == "" {
+				continue
+			}
+			return nil, &RecordError{Tag: part, Reason: fmt.Sprintf("malformed tag %q", part)}
+		}
+		k = strings.TrimSpace(k)
+		if _, dup := tags[k]; dup {
+			return nil, &RecordError{Tag: k, Reason: fmt.Sprintf("duplicate tag %q", k)}
+		}
+		tags[k] = strings.TrimSpace(v)
+	}
+	return tags, nil
+}
+
+// ListHas reports whether a colon-separated tag value (h=, s=, t=) lists want, in any
+// case.
+func ListHas(list, want string) bool { return listHas(list, want) }
 
 func listHas(list, want string) bool {
 	for _, v := range strings.Split(list, ":") {

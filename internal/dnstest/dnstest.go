@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -27,6 +28,7 @@ type Server struct {
 	silent   bool // never answer (for timeout tests)
 	truncate bool // answer UDP with TC set and no records, so clients retry over TCP
 	servfail map[string]bool
+	delay    time.Duration // before each answer, like a resolver that is not on loopback
 
 	udp, tcp *dns.Server
 }
@@ -124,6 +126,10 @@ func (s *Server) SetSilent(v bool) { s.mu.Lock(); s.silent = v; s.mu.Unlock() }
 // SetTruncate makes UDP answers come back truncated and empty, so clients must use TCP.
 func (s *Server) SetTruncate(v bool) { s.mu.Lock(); s.truncate = v; s.mu.Unlock() }
 
+// SetDelay makes every answer wait d, as a resolver across a network does (miekg/dns
+// serves each query in its own goroutine, so queries still overlap).
+func (s *Server) SetDelay(d time.Duration) { s.mu.Lock(); s.delay = d; s.mu.Unlock() }
+
 // SetServFail makes queries for name answer SERVFAIL.
 func (s *Server) SetServFail(name string, v bool) {
 	s.mu.Lock()
@@ -146,10 +152,13 @@ func (s *Server) serve(w dns.ResponseWriter, r *dns.Msg, udp bool) {
 	s.mu.Lock()
 	s.total++
 	s.queries[name+"/"+dns.TypeToString[q.Qtype]]++
-	silent, truncate, servfail := s.silent, s.truncate, s.servfail[name]
+	silent, truncate, servfail, delay := s.silent, s.truncate, s.servfail[name], s.delay
 	s.mu.Unlock()
 	if silent {
 		return
+	}
+	if delay > 0 {
+		time.Sleep(delay)
 	}
 	m := new(dns.Msg)
 	m.SetReply(r)

@@ -68,3 +68,32 @@ func FieldName(s string) bool {
 	}
 	return true
 }
+
+// Hostname is Domain for a name typed by a person (relay dns, the HTTP API): it must also
+// be a host name a mail domain can be (RFC 1123 §2.1, RFC 5321 §2.3.5): at least two
+// labels of letters, digits and inner hyphens, each 1 to 63 octets, 253 in all.
+func Hostname(d string) (string, error) {
+	a, err := Domain(d)
+	if err != nil {
+		return "", err
+	}
+	if a == "" || len(a) > 253 {
+		return "", fmt.Errorf("%q is not a domain name", d)
+	}
+	labels := strings.Split(a, ".")
+	if len(labels) < 2 {
+		return "", fmt.Errorf("%q is not a domain name (one label)", d)
+	}
+	for _, l := range labels {
+		if len(l) == 0 || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return "", fmt.Errorf("%q is not a domain name (label %q)", d, l)
+		}
+		for i := 0; i < len(l); i++ {
+			c := l[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return "", fmt.Errorf("%q is not a domain name (character %q)", d, c)
+			}
+		}
+	}
+	return a, nil
+}

@@ -1,6 +1,7 @@
 package names
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -36,5 +37,22 @@ func TestFieldName(t *testing.T) {
 	}
 	for _, bad := range []string{"", "Subject:", "X Y", "X;Y", "Ü", "X\x00"} {
 		require.False(t, FieldName(bad), bad)
+	}
+}
+
+func TestHostname(t *testing.T) {
+	for in, want := range map[string]string{
+		"Customer.Example.": "customer.example",
+		"Bücher.example":    "xn--bcher-kva.example",
+		"a-b.c0.example":    "a-b.c0.example",
+	} {
+		got, err := Hostname(in)
+		require.NoError(t, err, in)
+		require.Equal(t, want, got, in)
+	}
+	for _, bad := range []string{"", "localhost", "not a domain", "a..example", "-a.example", "a-.example",
+		"a_b.example", "a.example;rm", strings.Repeat("a", 64) + ".example", strings.Repeat("a.", 127) + "example"} {
+		_, err := Hostname(bad)
+		require.Error(t, err, bad)
 	}
 }
