@@ -2,6 +2,8 @@ package doctor
 
 import (
 	"strings"
+
+	"relay/internal/names"
 )
 
 // maxTXTString is the most one character-string of a TXT record holds (RFC 1035
@@ -68,19 +70,5 @@ func SplitTXT(s string) []string {
 }
 
 // QuoteTXT writes one character-string in zone-file form: in double quotes, with '"'
-// and '\' escaped (RFC 1035 §5.1).
-func QuoteTXT(s string) string {
-	if !strings.ContainsAny(s, `"\`) {
-		return `"` + s + `"`
-	}
-	var b strings.Builder
-	b.WriteByte('"')
-	for i := 0; i < len(s); i++ {
-		if s[i] == '"' || s[i] == '\\' {
-			b.WriteByte('\\')
-		}
-		b.WriteByte(s[i])
-	}
-	b.WriteByte('"')
-	return b.String()
-}
+// and '\\' escaped (RFC 1035 §5.1).
+func QuoteTXT(s string) string { return names.Quote(s) }

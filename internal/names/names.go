@@ -97,3 +97,20 @@ func Hostname(d string) (string, error) {
 	}
 	return a, nil
 }
+
+// Quote writes s in double quotes with '"' and '\\' escaped by a backslash: the form of
+// both an RFC 5322 quoted-string (of printable ASCII) and an RFC 1035 §5.1
+// character-string in a zone file.
+func Quote(s string) string {
+	var b strings.Builder
+	b.Grow(len(s) + 4)
+	b.WriteByte('"')
+	for i := 0; i < len(s); i++ {
+		if s[i] == '"' || s[i] == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(s[i])
+	}
+	b.WriteByte('"')
+	return b.String()
+}

@@ -378,7 +378,7 @@ func formatAddress(name, addr string) (namePart, addrPart string) {
 		if strings.Contains(name, "=?") || longestWord(name) > maxWord {
 			return qEncodeASCII(name), addrPart
 		}
-		return quoteString(name), addrPart
+		return names.Quote(name), addrPart
 	case strings.ContainsAny(name, "\"#$%&'(),.:;<>@[\\]^`{|}~"):
 		// Q-encoded text in a phrase may hold only letters, digits and "!*+-/" (RFC 2047
 		// §5(3)); mime's Q encoder writes the rest of ASCII as it is, which net/mail
@@ -387,21 +387,6 @@ func formatAddress(name, addr string) (namePart, addrPart string) {
 	default:
 		return mime.QEncoding.Encode("utf-8", name), addrPart
 	}
-}
-
-// quoteString writes printable ASCII s as a quoted-string, escaping '"' and the backslash.
-func quoteString(s string) string {
-	var b strings.Builder
-	b.Grow(len(s) + 4)
-	b.WriteByte('"')
-	for i := 0; i < len(s); i++ {
-		if s[i] == '"' || s[i] == '\\' {
-			b.WriteByte('\\')
-		}
-		b.WriteByte(s[i])
-	}
-	b.WriteByte('"')
-	return b.String()
 }
 
 func isPrintableASCII(s string) bool {
