@@ -18,6 +18,7 @@ import (
 
 	"relay/internal/config"
 	"relay/internal/dkimkey"
+	"relay/internal/metrics"
 	"relay/internal/policy"
 	"relay/internal/resolver"
 )
@@ -33,6 +34,9 @@ type Authorizer struct {
 	// Clock returns the current time for cache expiry; nil means time.Now. Set it before
 	// the first check (tests move it forward instead of sleeping).
 	Clock func() time.Time
+	// Metrics, when not nil, counts SPF evaluations and cache hits as they happen (set it
+	// before the first check, like Clock).
+	Metrics *metrics.Metrics
 
 	state  atomic.Pointer[state]
 	reload sync.Mutex // serialises Reload
@@ -178,6 +182,7 @@ func (a *Authorizer) check(ctx context.Context, kd kind, domain string) policy.C
 	a.checks.Add(1)
 	k := cacheKey{kind: kd, domain: domain}
 	if c, ok := a.cache.get(k, a.now()); ok {
+		a.Metrics.CacheHit()
 		return c
 	}
 	// The generation is part of the key so that a check after a reload never joins an
@@ -186,9 +191,13 @@ func (a *Authorizer) check(ctx context.Context, kd kind, domain string) policy.C
 	ch := a.flight.DoChan(fk, func() (any, error) {
 		// A flight that ended just before this one began has filled the cache.
 		if c, ok := a.cache.get(k, a.now()); ok {
+			a.Metrics.CacheHit()
 			return c, nil
 		}
 		a.evaluations.Add(1)
+		if kd == kindSPF {
+			a.Metrics.SPFEvaluated()
+		}
 		// The evaluation serves every caller that joins it, so one caller giving up
 		// must not cancel it; it has its own deadline, [spf] timeout.
 		ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), st.timeout)

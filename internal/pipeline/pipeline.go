@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"relay/internal/config"
+	"relay/internal/metrics"
 	"relay/internal/policy"
 	"relay/internal/queueid"
 	"relay/internal/rewrite"
@@ -41,10 +42,11 @@ type State struct {
 
 // Pipeline processes messages. Its fields are set once by the caller; Swap replaces State.
 type Pipeline struct {
-	state  atomic.Pointer[State]
-	Submit Submitter // nil: dry run, nothing leaves
-	Log    *slog.Logger
-	Now    func() time.Time
+	state   atomic.Pointer[State]
+	Submit  Submitter // nil: dry run, nothing leaves
+	Log     *slog.Logger
+	Now     func() time.Time
+	Metrics *metrics.Metrics // nil: not measured; times the policy and sign stages
 }
 
 // New returns a pipeline over st submitting to sub (nil for a dry run).
@@ -135,7 +137,9 @@ func (p *Pipeline) Process(ctx context.Context, in Input) (Result, error) {
 	if orig != nil {
 		pin.From = orig.Address
 	}
+	t := time.Now()
 	d, err := policy.Decide(ctx, cfg, st.Auth, pin)
+	p.Metrics.Since(metrics.StagePolicy, t)
 	if err != nil {
 		return res, err
 	}
@@ -180,7 +184,9 @@ func (p *Pipeline) Process(ctx context.Context, in Input) (Result, error) {
 	// it without another copy of the body.
 	buf := rewrite.AppendApply(make([]byte, sigRoom, sigRoom+len(data)+1024), msg, opts)
 	out := buf[sigRoom:]
+	t = time.Now()
 	sig, err := st.Signer.Sign(ctx, d.DKIMDomain, out)
+	p.Metrics.Since(metrics.StageSign, t)
 	if err != nil {
 		return res, fmt.Errorf("message %s: %w", res.ID, err)
 	}

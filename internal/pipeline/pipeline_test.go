@@ -15,6 +15,7 @@ import (
 
 	"relay/internal/config"
 	"relay/internal/dkimkey"
+	"relay/internal/metrics"
 	"relay/internal/policy"
 	"relay/internal/signer"
 )
@@ -246,16 +247,34 @@ func BenchmarkPipeline(b *testing.B) {
 		p := New(st, nil, nil)
 		for _, size := range []int{1 << 10, 10 << 10, 100 << 10} {
 			msg := testMessage(size)
-			b.Run(fmt.Sprintf("%s/%dKB", key.name, size>>10), func(b *testing.B) {
-				b.ReportAllocs()
-				b.SetBytes(int64(len(msg)))
-				for b.Loop() {
-					if _, err := p.Process(context.Background(), Input{ID: "bench", Envelope: "app@gmail.com",
-						To: []string{"bob@dest.example"}, Data: msg}); err != nil {
-						b.Fatal(err)
-					}
+			// metrics=on counts everything the relay counts per message: the pipeline's
+			// stages, and what the server's handler, the spool and the queue add.
+			for _, m := range []*metrics.Metrics{nil, metrics.New()} {
+				name := fmt.Sprintf("%s/%dKB/metrics=off", key.name, size>>10)
+				if m != nil {
+					name = strings.Replace(name, "=off", "=on", 1)
 				}
-			})
+				b.Run(name, func(b *testing.B) {
+					p.Metrics = m
+					b.ReportAllocs()
+					b.SetBytes(int64(len(msg)))
+					for b.Loop() {
+						res, err := p.Process(context.Background(), Input{ID: "bench", Envelope: "app@gmail.com",
+							To: []string{"bob@dest.example"}, Data: msg})
+						if err != nil {
+							b.Fatal(err)
+						}
+						if m != nil {
+							start := time.Now()
+							m.Received()
+							m.Rewritten(res.Decision.Reason)
+							m.Since(metrics.StageSpool, start)
+							m.Since(metrics.StageDeliver, start)
+							m.Deliveries(1, 0, 0)
+						}
+					}
+				})
+			}
 		}
 	}
 }

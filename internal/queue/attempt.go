@@ -11,6 +11,7 @@ import (
 
 	"relay/internal/deliver"
 	"relay/internal/dsn"
+	"relay/internal/metrics"
 	"relay/internal/spool"
 )
 
@@ -48,7 +49,9 @@ func (q *Queue) attempt(it *item) {
 			return
 		}
 	}
+	sent := time.Now()
 	results, err := q.o.Sender.Send(ctx, m.From, pending, data)
+	q.o.Metrics.Since(metrics.StageDeliver, sent)
 	if err != nil && ctx.Err() != nil {
 		// Close cut the attempt short: it says nothing about the upstream. The message
 		// stays as it is on disk, for the next start.
@@ -168,6 +171,9 @@ func (q *Queue) finish(it *item, data []byte, start time.Time, delivered []strin
 	if left > 0 {
 		q.deferred.Add(1)
 	}
+	// Per recipient: temp holds every recipient left for a retry, a failed one whose DSN
+	// could not be sent included.
+	q.o.Metrics.Deliveries(len(delivered), len(temp), len(bounced))
 	q.log.Info("delivery",
 		"id", m.ID, "from", m.From, "attempt", attempts,
 		"delivered", delivered, "bounced", bounced, "deferred", rcpts(temp),

@@ -19,6 +19,7 @@ import (
 
 	"relay/internal/deliver"
 	"relay/internal/dsn"
+	"relay/internal/metrics"
 	"relay/internal/spool"
 )
 
@@ -66,6 +67,7 @@ type Options struct {
 	Sender  Sender
 	Bouncer Bouncer
 	Log     *slog.Logger     // nil: discard
+	Metrics *metrics.Metrics // nil: not measured; the spool and deliver stages, outcomes
 	Now     func() time.Time // nil: time.Now
 	// PollInterval is how often the running server looks for requests of `relay queue`
 	// (retry, delete) from other processes.
@@ -164,7 +166,9 @@ func (q *Queue) Submit(ctx context.Context, id, from string, to []string, data [
 	if q.closed.Load() {
 		return &spool.Error{ID: id, Err: spool.ErrClosed}
 	}
+	start := time.Now()
 	m, err := q.sp.Put(ctx, id, from, to, data)
+	q.o.Metrics.Since(metrics.StageSpool, start)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 	"relay/internal/config"
 	"relay/internal/deliver"
 	"relay/internal/dsn"
+	"relay/internal/metrics"
 	"relay/internal/pipeline"
 	"relay/internal/queue"
 	"relay/internal/resolver"
@@ -34,11 +35,14 @@ type Options struct {
 	// serve -dry-run).
 	DryRun bool
 	Log    *slog.Logger
+	// Metrics is where the server counts (SPEC §10 /metrics); nil: the server makes its own.
+	Metrics *metrics.Metrics
 }
 
 // Server is a running relay: listeners, front end, pipeline and delivery.
 type Server struct {
 	log      *slog.Logger
+	metrics  *metrics.Metrics
 	mode     string
 	p        *pipeline.Pipeline
 	smtp     *smtpd.Server
@@ -63,14 +67,19 @@ func New(cfg *config.Config, o Options) (*Server, error) {
 	if cfg.HTTP.Listen != "" {
 		log.Warn("config", "warning", "[http] listen is set, but this version has no HTTP listener yet: nothing listens on "+cfg.HTTP.Listen)
 	}
-	st, err := NewState(cfg)
+	m := o.Metrics
+	if m == nil {
+		m = metrics.New()
+	}
+	st, err := newState(cfg, m)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{log: log, mode: cfg.Queue.Mode, serveErr: make(chan error, 2)}
+	s := &Server{log: log, metrics: m, mode: cfg.Queue.Mode, serveErr: make(chan error, 2)}
 	runCtx, stopRun := context.WithCancel(context.Background())
 	s.stopRun = stopRun
 	s.p = pipeline.New(st, nil, log)
+	s.p.Metrics = m
 	if o.DryRun {
 		s.mode = "dry-run"
 	} else {
@@ -81,7 +90,7 @@ func New(cfg *config.Config, o Options) (*Server, error) {
 		}
 		switch cfg.Queue.Mode {
 		case "direct":
-			s.p.Submit = &deliver.Direct{Sender: s.sender}
+			s.p.Submit = meteredDirect{&deliver.Direct{Sender: s.sender}, m}
 		default:
 			// pipeline → queue (stores through the spool, delivers through the sender) →
 			// dsn.Sender for bounces → the same pipeline, from <>.
@@ -95,7 +104,7 @@ func New(cfg *config.Config, o Options) (*Server, error) {
 				MaxAge: cfg.Queue.MaxAge.Duration, RetryMin: cfg.Queue.RetryMin.Duration,
 				RetryMax: cfg.Queue.RetryMax.Duration, Workers: cfg.Upstream.MaxConnections,
 				Sender: s.sender, Bouncer: &dsn.Sender{Hostname: cfg.Hostname, Pipeline: s.p},
-				Log: log,
+				Log: log, Metrics: m,
 			})
 			if err != nil {
 				sp.Close()
@@ -105,15 +114,17 @@ func New(cfg *config.Config, o Options) (*Server, error) {
 			}
 			s.p.Submit = q
 			s.spool, s.queue = sp, q
+			m.WatchSpool(sp.Stats)
 			s.bg.Add(1)
 			go func() { defer s.bg.Done(); q.Run(runCtx) }()
 		}
 	}
-	s.smtp, err = smtpd.New(cfg, handler{p: s.p, dry: o.DryRun}, log)
+	s.smtp, err = smtpd.New(cfg, handler{p: s.p, dry: o.DryRun, m: m}, log)
 	if err != nil {
 		s.Shutdown(time.Second)
 		return nil, err
 	}
+	s.smtp.Metrics = m
 	listen := func(addr string, implicitTLS bool) error {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -166,6 +177,9 @@ func (s *Server) Err() <-chan error { return s.serveErr }
 // Pipeline is the message path the server runs; previews call it with no Submitter.
 func (s *Server) Pipeline() *pipeline.Pipeline { return s.p }
 
+// Metrics is what the server counts; its Handler serves /metrics.
+func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
+
 // Shutdown stops accepting, lets sessions finish, then stops the delivery workers, all
 // within grace; what is still spooled stays on disk for the next start.
 func (s *Server) Shutdown(grace time.Duration) {
@@ -212,7 +226,7 @@ func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
 		return nil, err
 	}
 	// Last, because it changes the running authorizer in place.
-	st, err := withAuth(cfg, sg, old)
+	st, err := withAuth(cfg, sg, old, s.metrics)
 	if err != nil {
 		s.smtp.SetConfig(old.Config)
 		return nil, err
@@ -240,18 +254,21 @@ func restartOnly(a, b *config.Config) []string {
 
 // NewState builds what the pipeline needs for cfg: the signer over its keys and the
 // authorizer of live checks (`relay send` uses it without a server).
-func NewState(cfg *config.Config) (*pipeline.State, error) {
+func NewState(cfg *config.Config) (*pipeline.State, error) { return newState(cfg, nil) }
+
+// newState is NewState with the authorizer counting into m (nil: not counted).
+func newState(cfg *config.Config, m *metrics.Metrics) (*pipeline.State, error) {
 	sg, err := signer.New(cfg.DKIM)
 	if err != nil {
 		return nil, err
 	}
-	return withAuth(cfg, sg, nil)
+	return withAuth(cfg, sg, nil, m)
 }
 
 // withAuth completes a State with the authorizer of SPF and delegation checks. prev, when
 // not nil, is the running state: its authorizer, and so its DNS cache, is kept unless the
-// settings it depends on changed.
-func withAuth(cfg *config.Config, sg *signer.Signer, prev *pipeline.State) (*pipeline.State, error) {
+// settings it depends on changed. A new authorizer counts into m.
+func withAuth(cfg *config.Config, sg *signer.Signer, prev *pipeline.State, m *metrics.Metrics) (*pipeline.State, error) {
 	st := &pipeline.State{Config: cfg, Signer: sg}
 	if !cfg.SPF.Enabled && !cfg.DKIM.DelegationCheck {
 		return st, nil
@@ -269,7 +286,9 @@ func withAuth(cfg *config.Config, sg *signer.Signer, prev *pipeline.State) (*pip
 	if err != nil {
 		return nil, fmt.Errorf("dns resolver: %w", err)
 	}
-	st.Auth = authz.New(cfg, r, sg.DefaultPublicKey())
+	a := authz.New(cfg, r, sg.DefaultPublicKey())
+	a.Metrics = m
+	st.Auth = a
 	return st, nil
 }
 
@@ -277,6 +296,7 @@ func withAuth(cfg *config.Config, sg *signer.Signer, prev *pipeline.State) (*pip
 type handler struct {
 	p   *pipeline.Pipeline
 	dry bool
+	m   *metrics.Metrics // counts what clients sent: DSNs and `relay send` do not come here
 }
 
 func (h handler) Handle(ctx context.Context, m *smtpd.Inbound) (string, error) {
@@ -297,6 +317,10 @@ func (h handler) Handle(ctx context.Context, m *smtpd.Inbound) (string, error) {
 	})
 	if err != nil {
 		return "", fmt.Errorf("message %s: %w", res.ID, err)
+	}
+	h.m.Received()
+	if res.Decision.Rewritten {
+		h.m.Rewritten(res.Decision.Reason)
 	}
 	if h.dry {
 		return fmt.Sprintf("dry run: would send as <%s> (%s)", res.Decision.From, res.Decision.Reason), nil

@@ -49,7 +49,7 @@ var (
 	_ smtp.AuthSession = (*session)(nil)
 )
 
-func (s *Server) newSession(g *generation, sc *smtp.Conn) (smtp.Session, error) {
+func (s *Server) newSession(g *generation, sc *smtp.Conn) (*session, error) {
 	nc, isTLS := sc.Conn(), false
 	if tc, ok := nc.(*tls.Conn); ok {
 		nc, isTLS = tc.NetConn(), true
@@ -175,6 +175,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	if which := s.srv.limits.allow(s.srv.now(), name, userRate, networkKey(s.ip), cur.cfg.SMTP.NetworkLimit); which != "" {
 		s.logger().Warn("smtp mail rejected", "from", clip(from), "code", 451, "reason", which+" rate limit")
+		s.srv.Metrics.RateLimited()
 		return errRateLimited
 	}
 	s.mu.Lock()

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"relay/internal/config"
+	"relay/internal/metrics"
 )
 
 // Inbound is one accepted message handed to the pipeline. Data is valid only during Handle.
@@ -80,6 +81,10 @@ var ErrServerClosed = errors.New("smtpd: server closed")
 // Server is the SMTP front end. Create it with New; the unexported function fields are the
 // dependencies tests replace before the first Serve.
 type Server struct {
+	// Metrics, when not nil, counts open connections, failure replies and rate-limited
+	// clients; set it before the first Serve.
+	Metrics *metrics.Metrics
+
 	h   Handler
 	log *slog.Logger
 
@@ -301,6 +306,7 @@ func (s *Server) track(c *conn) error {
 	}
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
+	s.Metrics.SessionOpened()
 	return nil
 }
 
@@ -326,6 +332,7 @@ func (s *Server) untrack(c *conn) {
 		}
 	}
 	s.mu.Unlock()
+	s.Metrics.SessionClosed()
 	s.wg.Done()
 }
 
@@ -337,6 +344,7 @@ func (s *Server) refuse(nc net.Conn, reply *smtp.SMTPError, implicitTLS bool) {
 	if implicitTLS {
 		return
 	}
+	s.counted(reply)
 	nc.SetWriteDeadline(time.Now().Add(time.Second))
 	fmt.Fprintf(nc, "%d %d.%d.%d %s\r\n", reply.Code, reply.EnhancedCode[0], reply.EnhancedCode[1], reply.EnhancedCode[2], reply.Message)
 }
@@ -456,7 +464,11 @@ func (s *Server) newGeneration(cfg *config.Config, prev *generation) (*generatio
 	}
 
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
-		return s.newSession(g, c)
+		sess, err := s.newSession(g, c)
+		if err != nil {
+			return nil, s.counted(err)
+		}
+		return metered{sess}, nil
 	}))
 	srv.Domain = cfg.Hostname
 	srv.MaxMessageBytes = g.maxBytes
