@@ -123,7 +123,8 @@ func TestMetricsEndToEnd(t *testing.T) {
 	send("alice@example.com", fmt.Sprintf(msgTmpl, "alice@example.com"), "d@dest.example", "nobody@dest.example")
 
 	// Front-end failures: a recipient over RFC 5321's limits (501), AUTH within a
-	// transaction (503), a failed AUTH (535), a MAIL over the rate limit (451).
+	// transaction (503), a failed AUTH (535), a MAIL over the rate limit (451), DATA without
+	// a recipient (502, from go-smtp itself).
 	c, err := smtp.Dial(e.addr)
 	require.NoError(t, err)
 	require.NoError(t, c.Hello("app.test"))
@@ -142,6 +143,11 @@ func TestMetricsEndToEnd(t *testing.T) {
 	reply, _ = asSMTP(c.Mail("alice@example.com", nil))
 	require.NotNil(t, reply)
 	require.Equal(t, 451, reply.Code, reply.Message)
+	// A reply go-smtp makes up itself is counted too.
+	_, err = c.Data()
+	reply, _ = asSMTP(err)
+	require.NotNil(t, reply)
+	require.Equal(t, 502, reply.Code, "DATA without a recipient: %s", reply.Message)
 	g = gather(t, e.srv)
 	assert.Equal(t, 1.0, g.value("relay_smtp_sessions"), "this client's connection is open")
 	require.NoError(t, c.Quit())
@@ -162,11 +168,14 @@ func TestMetricsEndToEnd(t *testing.T) {
 	assert.Equal(t, 5.0, g.value("relay_deliveries_total", "result=delivered"))
 	assert.Equal(t, 1.0, g.value("relay_deliveries_total", "result=bounced"))
 	assert.Equal(t, 0.0, g.value("relay_deliveries_total", "result=deferred"))
-	assert.Equal(t, 1.0, g.value("relay_smtp_rejections_total", "code=501"))
+	// The local part, and go-smtp's "501 Negotiation cancelled" after each failed AUTH
+	// (the go-smtp client sends "*" to end the exchange when AUTH fails).
+	assert.Equal(t, 3.0, g.value("relay_smtp_rejections_total", "code=501"))
 	assert.Equal(t, 1.0, g.value("relay_smtp_rejections_total", "code=503"))
 	assert.Equal(t, 1.0, g.value("relay_smtp_rejections_total", "code=535"))
 	assert.Equal(t, 1.0, g.value("relay_smtp_rejections_total", "code=451"))
-	assert.Len(t, g["relay_smtp_rejections_total"].GetMetric(), 4, "no other code was sent")
+	assert.Equal(t, 1.0, g.value("relay_smtp_rejections_total", "code=502"))
+	assert.Len(t, g["relay_smtp_rejections_total"].GetMetric(), 5, "no other code was sent")
 	assert.Equal(t, 1.0, g.value("relay_rate_limited_total"))
 	assert.Equal(t, 0.0, g.value("relay_spool_oldest_seconds"))
 

@@ -42,7 +42,11 @@ type Server struct {
 	MaxCommandLineLength int
 	// relay patch: commands accepted on one connection before it is answered
 	// "421 4.7.0 Too many commands" and closed. Zero: no limit.
-	MaxCommands       int
+	MaxCommands int
+	// relay patch: called with the code of every reply the server writes, the
+	// ones it makes up itself (syntax, sequence, limits, timeouts) as well as
+	// those a Session returns. Nil: not called.
+	OnReply           func(code int)
 	AllowInsecureAuth bool
 	Debug             io.Writer
 	ErrorLog          Logger
