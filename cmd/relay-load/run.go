@@ -9,6 +9,8 @@ import (
 	"io"
 	"maps"
 	"net"
+	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,6 +29,10 @@ type options struct {
 	headerFrom string
 	helo       string
 	timeout    time.Duration
+	source     netip.Addr    // local address to connect from (zero: the kernel's choice)
+	retries    int           // further attempts for a message refused with 4xx or cut off
+	retryWait  time.Duration // pause before each further attempt
+	outcomes   io.Writer     // one line per attempt (nil: none)
 
 	start time.Time // of the run: the Date and Message-ID of its messages
 }
@@ -45,18 +51,49 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.headerFrom, "header-from", "Alice <alice@gmail.com>", "From header")
 	fs.StringVar(&o.helo, "helo", "localhost", "EHLO name")
 	fs.DurationVar(&o.timeout, "timeout", time.Minute, "per command, and for connecting")
+	source := fs.String("source", "", "local IP address to connect from, e.g. 127.0.0.2 (default: the kernel's choice)")
+	fs.IntVar(&o.retries, "retries", 0, "further attempts for a message refused with 4xx or cut off by a connection fault (5xx is final)")
+	fs.DurationVar(&o.retryWait, "retry-wait", 100*time.Millisecond, "pause before each further attempt")
+	outcomes := fs.String("outcomes", "", "write one line per attempt to FILE: \"INDEX ATTEMPT ok QUEUE-ID\", \"INDEX ATTEMPT refused CODE\", "+
+		"\"INDEX ATTEMPT failed conn\" (the final dot was not sent: not accepted) or \"INDEX ATTEMPT unknown conn\" "+
+		"(cut off after the final dot: the server may have accepted it); INDEX is the NNNNNNNN of the Subject \"relay-load NNNNNNNN\"")
 	asJSON := fs.Bool("json", false, "print one JSON line")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	o.to = strings.Split(to, ",")
-	if fs.NArg() > 0 || o.n < 1 || o.size < 1 || o.c < 1 || slices.Contains(o.to, "") {
-		fmt.Fprintln(stderr, "relay-load: want -n, -size, -c >= 1, a non-empty -to, and no arguments")
+	if fs.NArg() > 0 || o.n < 1 || o.size < 1 || o.c < 1 || o.retries < 0 || o.retryWait < 0 || slices.Contains(o.to, "") {
+		fmt.Fprintln(stderr, "relay-load: want -n, -size, -c >= 1, -retries, -retry-wait >= 0, a non-empty -to, and no arguments")
 		fs.Usage()
 		return 2
 	}
+	if *source != "" {
+		a, err := netip.ParseAddr(*source)
+		if err != nil {
+			fmt.Fprintf(stderr, "relay-load: -source: %v\n", err)
+			return 2
+		}
+		o.source = a
+	}
+	var out *os.File
+	if *outcomes != "" {
+		// Unbuffered, a write per line: a script may watch the file grow during the run.
+		f, err := os.Create(*outcomes)
+		if err != nil {
+			fmt.Fprintf(stderr, "relay-load: %v\n", err)
+			return 1
+		}
+		out = f
+		o.outcomes = f
+	}
 
 	r := load(o)
+	if out != nil {
+		if err := out.Close(); err != nil {
+			fmt.Fprintf(stderr, "relay-load: -outcomes: %v\n", err)
+			return 1
+		}
+	}
 	if *asJSON {
 		b, _ := json.Marshal(r)
 		fmt.Fprintf(stdout, "%s\n", b)
@@ -69,31 +106,47 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// report is the outcome of a run. Latencies cover accepted messages only.
+// report is the outcome of a run. Latencies cover accepted messages only. Sent, OK and
+// Failed count messages; with -retries a message may take several attempts, and
+// RetryErrors counts the failed attempts that were tried again.
 type report struct {
 	Sent        int            `json:"sent"`
 	OK          int            `json:"ok"`
 	Failed      int            `json:"failed"`
 	Seconds     float64        `json:"seconds"`
 	MsgPerSec   float64        `json:"msg_per_sec"` // accepted messages per second
-	Errors      map[string]int `json:"errors"`      // by reply code; "conn" for connection faults
-	P50ms       float64        `json:"p50_ms"`
-	P90ms       float64        `json:"p90_ms"`
-	P99ms       float64        `json:"p99_ms"`
-	Connections int            `json:"connections"`
+	Errors      map[string]int `json:"errors"`      // final failures by reply code; "conn" for connection faults
+	Attempts    int            `json:"attempts"`
+	RetryErrors map[string]int `json:"retry_errors"` // failed attempts that were retried, keyed as Errors
+	// Uncertain counts the messages with an attempt cut off after its final dot was sent:
+	// the server may have accepted (and will deliver) that copy without the client
+	// seeing the 250, so such a message can arrive more than once, or arrive although
+	// it counts as failed.
+	Uncertain   int     `json:"uncertain"`
+	P50ms       float64 `json:"p50_ms"`
+	P90ms       float64 `json:"p90_ms"`
+	P99ms       float64 `json:"p99_ms"`
+	Connections int     `json:"connections"`
 }
 
 func (r report) print(w io.Writer, o options) {
 	fmt.Fprintf(w, "%d messages of %d bytes to %s over %d sessions (%d connections)\n", r.Sent, o.size, o.addr, min(o.c, o.n), r.Connections)
 	fmt.Fprintf(w, "ok %d, failed %d in %.3fs: %.1f msg/s\n", r.OK, r.Failed, r.Seconds, r.MsgPerSec)
 	if len(r.Errors) > 0 {
-		var parts []string
-		for _, k := range slices.Sorted(maps.Keys(r.Errors)) {
-			parts = append(parts, fmt.Sprintf("%s=%d", k, r.Errors[k]))
-		}
-		fmt.Fprintf(w, "errors: %s\n", strings.Join(parts, " "))
+		fmt.Fprintf(w, "errors: %s\n", counts(r.Errors))
+	}
+	if r.Attempts > r.Sent || r.Uncertain > 0 {
+		fmt.Fprintf(w, "attempts %d, uncertain %d, retried: %s\n", r.Attempts, r.Uncertain, counts(r.RetryErrors))
 	}
 	fmt.Fprintf(w, "latency: p50 %.2fms p90 %.2fms p99 %.2fms\n", r.P50ms, r.P90ms, r.P99ms)
+}
+
+func counts(m map[string]int) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+	}
+	return strings.Join(parts, " ")
 }
 
 // load sends o.n messages from o.c sessions and gathers the report.
@@ -103,7 +156,7 @@ func load(o options) report {
 	var next atomic.Int64
 	var mu sync.Mutex
 	var lat []time.Duration
-	r := report{Errors: map[string]int{}}
+	r := report{Errors: map[string]int{}, RetryErrors: map[string]int{}}
 	var wg sync.WaitGroup
 	for range min(o.c, o.n) {
 		wg.Go(func() {
@@ -117,17 +170,37 @@ func load(o options) report {
 					mu.Unlock()
 					return
 				}
-				d, err := s.send(i, body)
-				mu.Lock()
-				r.Sent++
-				if err != nil {
-					r.Failed++
-					r.Errors[errorKey(err)]++
-				} else {
-					r.OK++
-					lat = append(lat, d)
+				uncertain := false
+				for attempt := 1; ; attempt++ {
+					d, id, err := s.send(i, body)
+					final := err == nil || attempt > o.retries || permanent(err)
+					mu.Lock()
+					r.Attempts++
+					if o.outcomes != nil {
+						fmt.Fprintf(o.outcomes, "%08d %d %s\n", i, attempt, outcome(id, err))
+					}
+					if isUncertain(err) && !uncertain {
+						uncertain = true
+						r.Uncertain++
+					}
+					switch {
+					case err == nil:
+						r.Sent++
+						r.OK++
+						lat = append(lat, d)
+					case final:
+						r.Sent++
+						r.Failed++
+						r.Errors[errorKey(err)]++
+					default:
+						r.RetryErrors[errorKey(err)]++
+					}
+					mu.Unlock()
+					if final {
+						break
+					}
+					time.Sleep(o.retryWait)
 				}
-				mu.Unlock()
 			}
 		})
 	}
@@ -147,23 +220,28 @@ type session struct {
 	dials int
 }
 
-// send sends message i and returns the time from MAIL FROM to the reply to the final dot.
-func (s *session) send(i int, body []byte) (time.Duration, error) {
+// send sends message i and returns the time from MAIL FROM to the reply to the final dot,
+// and the queue id of a 250 "... queued as ID" ("-" when the reply names none).
+func (s *session) send(i int, body []byte) (time.Duration, string, error) {
 	if s.c == nil {
-		conn, err := net.DialTimeout("tcp", s.o.addr, s.o.timeout)
+		d := net.Dialer{Timeout: s.o.timeout}
+		if s.o.source.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: s.o.source.AsSlice()}
+		}
+		conn, err := d.Dial("tcp", s.o.addr)
 		if err != nil {
-			return 0, err
+			return 0, "", err
 		}
 		s.c = smtp.NewClient(conn)
 		s.c.CommandTimeout, s.c.SubmissionTimeout = s.o.timeout, s.o.timeout
 		if err := s.c.Hello(s.o.helo); err != nil {
 			s.close()
-			return 0, err
+			return 0, "", err
 		}
 		s.dials++
 	}
 	start := time.Now()
-	err := s.transact(i, body)
+	id, err := s.transact(i, body)
 	d := time.Since(start)
 	var se *smtp.SMTPError
 	switch {
@@ -177,33 +255,84 @@ func (s *session) send(i int, body []byte) (time.Duration, error) {
 	default:
 		s.close()
 	}
-	return d, err
+	return d, id, err
 }
 
-func (s *session) transact(i int, body []byte) error {
+// errAfterDot marks a connection fault after the final dot was written: whether the
+// server accepted the message is unknown.
+type errAfterDot struct{ err error }
+
+func (e errAfterDot) Error() string { return "after the final dot: " + e.err.Error() }
+func (e errAfterDot) Unwrap() error { return e.err }
+
+func (s *session) transact(i int, body []byte) (string, error) {
 	var opts *smtp.MailOptions
 	if !isASCII(s.o.from) || !isASCII(strings.Join(s.o.to, "")) {
 		opts = &smtp.MailOptions{UTF8: true}
 	}
 	if err := s.c.Mail(s.o.from, opts); err != nil {
-		return err
+		return "", err
 	}
 	for _, rcpt := range s.o.to {
 		if err := s.c.Rcpt(rcpt, nil); err != nil {
-			return err
+			return "", err
 		}
 	}
 	w, err := s.c.Data()
 	if err != nil {
-		return err
+		return "", err
 	}
 	if _, err := w.Write(header(s.o, i)); err != nil {
-		return err
+		return "", err
 	}
 	if _, err := w.Write(body); err != nil {
-		return err
+		return "", err
 	}
-	return w.Close()
+	// Close writes the final dot and reads the reply. The writes before it may sit in the
+	// client's buffer, so only a fault here can come after the server saw the whole
+	// message; a fault before it means the message was not accepted. (A fault while Close
+	// flushes the buffer is counted as uncertain too: the dot may have left in part.)
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) {
+			err = errAfterDot{err}
+		}
+		return "", err
+	}
+	id := "-"
+	if _, after, ok := strings.Cut(resp.StatusText, "queued as "); ok {
+		if f := strings.Fields(after); len(f) > 0 {
+			id = f[0]
+		}
+	}
+	return id, nil
+}
+
+// permanent reports a 5xx refusal, which a retry would only repeat.
+func permanent(err error) bool {
+	var se *smtp.SMTPError
+	return errors.As(err, &se) && se.Code >= 500
+}
+
+func isUncertain(err error) bool {
+	var e errAfterDot
+	return errors.As(err, &e)
+}
+
+// outcome is an -outcomes line's result: "ok ID", "refused CODE", "failed conn" or
+// "unknown conn".
+func outcome(id string, err error) string {
+	var se *smtp.SMTPError
+	switch {
+	case err == nil:
+		return "ok " + id
+	case errors.As(err, &se):
+		return "refused " + strconv.Itoa(se.Code)
+	case isUncertain(err):
+		return "unknown conn"
+	}
+	return "failed conn"
 }
 
 func (s *session) close() {

@@ -88,7 +88,7 @@ func TestSendErrors(t *testing.T) {
 
 	code, _, errs = runCLI(t, "", "send", "-config", example, "-dry-run", "-from", "not an address")
 	require.Equal(t, 2, code)
-	require.Contains(t, errs, "not an email address")
+	require.Contains(t, errs, "email address")
 
 	code, _, errs = runCLI(t, "", "send", "-config", example, "-from", "a@example.com")
 	require.Equal(t, 2, code)

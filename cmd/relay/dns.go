@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 
+	"relay/internal/config"
 	"relay/internal/doctor"
 	"relay/internal/names"
 	"relay/internal/policy"
@@ -70,4 +72,15 @@ func cmdDNS(e env) int {
 		}
 	}
 	return res.ExitCode
+}
+
+// dnsJSON is the doctor for the HTTP side (/api/dns and the admin page): one domain, as
+// `relay dns -json DOMAIN` prints it. The server cannot call the doctor itself, which
+// builds on it.
+func dnsJSON(ctx context.Context, cfg *config.Config, domain, unit string, w io.Writer) error {
+	d, err := doctor.New(cfg)
+	if err != nil {
+		return err
+	}
+	return doctor.WriteJSON(w, d.Run(ctx, []doctor.Target{{Domain: domain, Unit: unit}}))
 }

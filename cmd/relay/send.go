@@ -2,16 +2,15 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/mail"
 	"os"
 	"strings"
 	"time"
 
 	"relay/internal/deliver"
 	"relay/internal/pipeline"
+	"relay/internal/preview"
 	"relay/internal/rewrite"
 	"relay/internal/server"
 )
@@ -20,20 +19,6 @@ type multiFlag []string
 
 func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
-
-// decisionJSON is the -json form of the dry-run decision (SPEC §2).
-type decisionJSON struct {
-	FromOriginal string `json:"from_original"`
-	FromEffect   string `json:"from_effective"`
-	Envelope     string `json:"envelope_from"`
-	ReplyTo      string `json:"reply_to"`
-	Rewritten    bool   `json:"rewritten"`
-	Reason       string `json:"reason"`
-	Detail       string `json:"detail"`
-	Unit         string `json:"unit"`
-	DKIMDomain   string `json:"dkim_domain"`
-	DKIMSelector string `json:"dkim_selector"`
-}
 
 func cmdSend(e env) int {
 	fs := e.flags("send")
@@ -56,8 +41,8 @@ func cmdSend(e env) int {
 		if a == "" {
 			continue
 		}
-		if _, err := mail.ParseAddress(a); err != nil || strings.ContainsAny(a, "<> ") {
-			fmt.Fprintf(e.stderr, "relay send: %q is not an email address\n", a)
+		if err := preview.CheckAddress(a); err != nil {
+			fmt.Fprintf(e.stderr, "relay send: %v\n", err)
 			return 2
 		}
 	}
@@ -82,7 +67,7 @@ func cmdSend(e env) int {
 			fmt.Fprintln(e.stderr, "relay send: give -from ADDR or -message FILE")
 			return 2
 		}
-		data = sampleMessage(*from, to, time.Now())
+		data = preview.SampleMessage(*from, to, time.Now())
 	case "-":
 		data, err = io.ReadAll(e.stdin)
 	default:
@@ -147,21 +132,14 @@ func cmdSend(e env) int {
 }
 
 func printDecision(w io.Writer, res pipeline.Result, asJSON bool) {
+	if asJSON {
+		preview.WriteJSON(w, preview.Of(res))
+		return
+	}
 	d := res.Decision
 	var sels []string
 	for _, k := range res.DKIM {
 		sels = append(sels, k.Selector)
-	}
-	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.SetEscapeHTML(false)
-		enc.Encode(decisionJSON{
-			FromOriginal: d.FromOriginal, FromEffect: res.FromHeader(), Envelope: d.Envelope,
-			ReplyTo: res.ReplyTo(), Rewritten: d.Rewritten, Reason: string(d.Reason), Detail: d.Detail,
-			Unit: d.Unit, DKIMDomain: d.DKIMDomain, DKIMSelector: strings.Join(sels, ","),
-		})
-		return
 	}
 	show := func(s string) string {
 		if s == "" {
@@ -182,20 +160,4 @@ func printDecision(w io.Writer, res pipeline.Result, asJSON bool) {
 		fmt.Fprintf(w, "unit:      %s\n", d.Unit)
 	}
 	fmt.Fprintf(w, "dkim:      d=%s s=%s\n", d.DKIMDomain, strings.Join(sels, ","))
-}
-
-// sampleMessage is the minimal message `relay send -from` previews or sends.
-func sampleMessage(from string, to []string, now time.Time) []byte {
-	rcpt := "undisclosed-recipients:;"
-	if len(to) > 0 {
-		rcpt = strings.Join(to, ", ")
-	}
-	return []byte("From: " + from + "\r\n" +
-		"To: " + rcpt + "\r\n" +
-		"Subject: Test message from relay send\r\n" +
-		"Date: " + now.Format(time.RFC1123Z) + "\r\n" +
-		"MIME-Version: 1.0\r\n" +
-		"Content-Type: text/plain; charset=utf-8\r\n" +
-		"\r\n" +
-		"This is a test message sent with `relay send`.\r\n")
 }

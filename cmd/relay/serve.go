@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"relay/internal/config"
+	"relay/internal/httpd"
 	"relay/internal/server"
 )
 
@@ -36,12 +37,12 @@ func cmdServe(e env) int {
 		}
 		defer stop()
 	}
-	srv, err := server.New(cfg, server.Options{DryRun: *dry, Log: log})
+	srv, err := server.New(cfg, server.Options{DryRun: *dry, Log: log, HTTP: httpd.Options{DNS: dnsJSON}})
 	if err != nil {
 		fmt.Fprintf(e.stderr, "relay serve: %v\n", err)
 		return 1
 	}
-	log.Info("relay started", "listen", srv.Addrs(), "mode", srv.Mode(), "upstream", cfg.Upstream.Address, "config", *cfgPath)
+	log.Info("relay started", "listen", srv.Addrs(), "http", srv.HTTPAddr(), "mode", srv.Mode(), "upstream", cfg.Upstream.Address, "config", *cfgPath)
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -49,7 +50,7 @@ func cmdServe(e env) int {
 	for {
 		select {
 		case err := <-srv.Err():
-			log.Error("smtp listener failed", "err", err)
+			log.Error("listener failed", "err", err)
 			srv.Shutdown(shutdownGrace)
 			return 1
 		case s := <-sigs:

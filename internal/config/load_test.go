@@ -98,7 +98,7 @@ func TestLoadExample(t *testing.T) {
 	require.Equal(t, "none", c.Upstream.TLS)
 	require.Equal(t, "spool", c.Queue.Mode)
 	require.Equal(t, filepath.Join(root, "spool"), c.Queue.Dir)
-	require.Equal(t, "", c.HTTP.Listen)
+	require.Equal(t, "127.0.0.1:8025", c.HTTP.Listen)
 	require.Empty(t, c.Warnings)
 }
 

@@ -155,6 +155,13 @@ type Doctor struct {
 
 type HTTP struct {
 	Listen string `toml:"listen"`
+	// Username and PasswordHash (bcrypt), both or neither: HTTP basic auth for every path
+	// but /healthz and /readyz.
+	Username     string `toml:"username"`
+	PasswordHash string `toml:"password_hash"`
+	// ReadyWithoutUpstream leaves the upstream out of /readyz (spool mode behind a load
+	// balancer: an upstream outage then does not take every instance out of rotation).
+	ReadyWithoutUpstream bool `toml:"ready_without_upstream"`
 }
 
 type Log struct {

@@ -44,7 +44,7 @@ func validate(c *Config, ps *problems) {
 			ps.add("doctor.spf_include", "%v", err)
 		}
 	}
-	v.listen("http.listen", c.HTTP.Listen)
+	v.http()
 	v.oneOf("log.format", c.Log.Format, "text", "json")
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 }
@@ -157,23 +157,60 @@ func (v *validator) users(units map[string]bool) {
 			v.ps.add(key+".name", "user %q is defined twice", u.Name)
 		}
 		seen[strings.ToLower(u.Name)] = true
-		// The messages never quote the hash: it is a secret too.
-		switch {
-		case u.PasswordHash == "":
+		if u.PasswordHash == "" {
 			v.ps.add(key+".password_hash", "required (make one with relay hash-password)")
-		case !strings.HasPrefix(u.PasswordHash, "$2a$") && !strings.HasPrefix(u.PasswordHash, "$2b$") &&
-			!strings.HasPrefix(u.PasswordHash, "$2y$"):
-			v.ps.add(key+".password_hash", "not a bcrypt hash (want $2a$, $2b$ or $2y$; make one with relay hash-password)")
-		default:
-			if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
-				v.ps.add(key+".password_hash", "not a valid bcrypt hash (make one with relay hash-password)")
-			}
+		} else {
+			v.bcryptHash(key+".password_hash", u.PasswordHash)
 		}
 		if u.Unit != "" && !units[strings.ToLower(u.Unit)] {
 			v.ps.add(key+".unit", "unknown unit %q (define it in a [[units]] table)", u.Unit)
 		}
 		u.Limit = v.rate(key+".rate", u.Rate)
 	}
+}
+
+// bcryptHash checks a password hash; the messages never quote it: it is a secret too.
+func (v *validator) bcryptHash(key, h string) {
+	switch {
+	case !strings.HasPrefix(h, "$2a$") && !strings.HasPrefix(h, "$2b$") && !strings.HasPrefix(h, "$2y$"):
+		v.ps.add(key, "not a bcrypt hash (want $2a$, $2b$ or $2y$; make one with relay hash-password)")
+	default:
+		if _, err := bcrypt.Cost([]byte(h)); err != nil {
+			v.ps.add(key, "not a valid bcrypt hash (make one with relay hash-password)")
+		}
+	}
+}
+
+// http checks [http]: basic auth takes both keys or neither, and an admin page reachable
+// from other hosts without a password is worth a warning.
+func (v *validator) http() {
+	h := &v.c.HTTP
+	v.listen("http.listen", h.Listen)
+	switch {
+	case h.Username != "" && h.PasswordHash == "":
+		v.ps.addAt("http.password_hash", "http.username", "required with username (make one with relay hash-password)")
+	case h.Username == "" && h.PasswordHash != "":
+		v.ps.addAt("http.username", "http.password_hash", "required with password_hash")
+	case h.PasswordHash != "":
+		v.bcryptHash("http.password_hash", h.PasswordHash)
+	}
+	if h.Listen != "" && h.Username == "" && !loopback(h.Listen) {
+		v.c.Warnings = append(v.c.Warnings, fmt.Sprintf("http.listen %q is not a loopback address and [http] has no username: the admin page, /api/preview, /api/dns and /metrics are open to whoever reaches it", h.Listen))
+	}
+}
+
+// loopback reports whether addr (host:port) listens on loopback only; "" (every address)
+// and host names other than localhost do not.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 func (v *validator) sender() {

@@ -179,6 +179,10 @@ func (q *Queue) finish(it *item, data []byte, start time.Time, delivered []strin
 		"delivered", delivered, "bounced", bounced, "deferred", rcpts(temp),
 		"reply", st.LastError, "next_try", nextField(left, st.NextTry),
 		"duration", time.Since(start).Round(time.Millisecond))
+	if q.o.Observe != nil {
+		q.o.Observe(Outcome{ID: m.ID, From: m.From, Attempt: attempts, Delivered: delivered, Bounced: bounced,
+			Deferred: rcpts(temp), Reply: st.LastError, Time: now, Duration: time.Since(start)})
+	}
 
 	if deleted {
 		q.forget(it, "deleted during delivery")

@@ -68,10 +68,26 @@ type Options struct {
 	Bouncer Bouncer
 	Log     *slog.Logger     // nil: discard
 	Metrics *metrics.Metrics // nil: not measured; the spool and deliver stages, outcomes
+	// Observe, when not nil, is told the outcome of every attempt (the admin page's recent
+	// deliveries). It runs on the delivery worker, so it must be quick and must not block.
+	Observe func(Outcome)
 	Now     func() time.Time // nil: time.Now
 	// PollInterval is how often the running server looks for requests of `relay queue`
 	// (retry, delete) from other processes.
 	PollInterval time.Duration
+}
+
+// Outcome is what one delivery attempt did, as the delivery log line says it.
+type Outcome struct {
+	ID        string
+	From      string
+	Attempt   int
+	Delivered []string
+	Bounced   []string
+	Deferred  []string // left for a retry
+	Reply     string   // the last error, "" when every recipient was delivered
+	Time      time.Time
+	Duration  time.Duration
 }
 
 // Queue delivers the messages of one spool.

@@ -19,6 +19,7 @@ import (
 	"relay/internal/config"
 	"relay/internal/deliver"
 	"relay/internal/dsn"
+	"relay/internal/httpd"
 	"relay/internal/metrics"
 	"relay/internal/pipeline"
 	"relay/internal/queue"
@@ -37,6 +38,9 @@ type Options struct {
 	Log    *slog.Logger
 	// Metrics is where the server counts (SPEC §10 /metrics); nil: the server makes its own.
 	Metrics *metrics.Metrics
+	// HTTP is what the HTTP side needs beyond what the server builds (the DNS doctor,
+	// test timings); the server fills in its config, pipeline, spool, metrics and log.
+	HTTP httpd.Options
 }
 
 // Server is a running relay: listeners, front end, pipeline and delivery.
@@ -50,6 +54,7 @@ type Server struct {
 	queue    *queue.Queue
 	sender   deliver.Sender
 	lns      []net.Listener
+	http     *httpd.Server // nil: [http] listen is off
 	serveErr chan error
 	stopRun  context.CancelFunc
 	bg       sync.WaitGroup
@@ -64,9 +69,6 @@ func New(cfg *config.Config, o Options) (*Server, error) {
 	for _, w := range cfg.Warnings {
 		log.Warn("config", "warning", w)
 	}
-	if cfg.HTTP.Listen != "" {
-		log.Warn("config", "warning", "[http] listen is set, but this version has no HTTP listener yet: nothing listens on "+cfg.HTTP.Listen)
-	}
 	m := o.Metrics
 	if m == nil {
 		m = metrics.New()
@@ -75,7 +77,7 @@ func New(cfg *config.Config, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{log: log, metrics: m, mode: cfg.Queue.Mode, serveErr: make(chan error, 2)}
+	s := &Server{log: log, metrics: m, mode: cfg.Queue.Mode, serveErr: make(chan error, 3)}
 	runCtx, stopRun := context.WithCancel(context.Background())
 	s.stopRun = stopRun
 	s.p = pipeline.New(st, nil, log)
@@ -100,12 +102,20 @@ func New(cfg *config.Config, o Options) (*Server, error) {
 				stopRun()
 				return nil, fmt.Errorf("spool: %w", err)
 			}
-			q, err := queue.New(sp, recovered, queue.Options{
+			qo := queue.Options{
 				MaxAge: cfg.Queue.MaxAge.Duration, RetryMin: cfg.Queue.RetryMin.Duration,
 				RetryMax: cfg.Queue.RetryMax.Duration, Workers: cfg.Upstream.MaxConnections,
 				Sender: s.sender, Bouncer: &dsn.Sender{Hostname: cfg.Hostname, Pipeline: s.p},
 				Log: log, Metrics: m,
-			})
+			}
+			if cfg.HTTP.Listen != "" {
+				// The admin page's recent deliveries (listeners change only at a restart).
+				if o.HTTP.Recent == nil {
+					o.HTTP.Recent = httpd.NewRecent(0)
+				}
+				qo.Observe = o.HTTP.Recent.Add
+			}
+			q, err := queue.New(sp, recovered, qo)
 			if err != nil {
 				sp.Close()
 				s.sender.Close()
@@ -156,6 +166,19 @@ func New(cfg *config.Config, o Options) (*Server, error) {
 			return nil, err
 		}
 	}
+	if cfg.HTTP.Listen != "" {
+		ho := o.HTTP
+		ho.Config, ho.Pipeline, ho.Mode, ho.Metrics, ho.Log = cfg, s.p, s.mode, m.Handler(), log
+		if s.spool != nil {
+			ho.Spool = s.spool
+		}
+		h := httpd.New(ho)
+		if err := h.Listen(cfg.HTTP.Listen, s.serveErr); err != nil {
+			s.Shutdown(time.Second)
+			return nil, fmt.Errorf("listen %s: %w", cfg.HTTP.Listen, err)
+		}
+		s.http = h
+	}
 	return s, nil
 }
 
@@ -166,6 +189,14 @@ func (s *Server) Addrs() []string {
 		a = append(a, ln.Addr().String())
 	}
 	return a
+}
+
+// HTTPAddr is the address the HTTP listener is bound to, "" when [http] listen is off.
+func (s *Server) HTTPAddr() string {
+	if s.http == nil {
+		return ""
+	}
+	return s.http.Addr()
 }
 
 // Mode is "spool", "direct" or "dry-run".
@@ -185,6 +216,15 @@ func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
 func (s *Server) Shutdown(grace time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
+	httpDone := make(chan struct{})
+	go func() {
+		defer close(httpDone)
+		if s.http != nil {
+			if err := s.http.Shutdown(ctx); err != nil {
+				s.log.Warn("http requests cut at shutdown", "err", err)
+			}
+		}
+	}()
 	if s.smtp != nil {
 		if err := s.smtp.Shutdown(ctx); err != nil {
 			s.log.Warn("smtp sessions cut at shutdown", "err", err)
@@ -193,6 +233,7 @@ func (s *Server) Shutdown(grace time.Duration) {
 	for _, ln := range s.lns {
 		ln.Close()
 	}
+	<-httpDone
 	s.stopRun()
 	done := make(chan struct{})
 	go func() { s.bg.Wait(); close(done) }()
@@ -232,6 +273,9 @@ func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
 		return nil, err
 	}
 	s.p.Swap(st)
+	if s.http != nil {
+		s.http.SetConfig(cfg)
+	}
 	return restartOnly(old.Config, cfg), nil
 }
 
@@ -246,6 +290,7 @@ func restartOnly(a, b *config.Config) []string {
 	}
 	diff("smtp.listen", a.SMTP.Listen, b.SMTP.Listen)
 	diff("smtp.implicit_tls_listen", a.SMTP.ImplicitTLSListen, b.SMTP.ImplicitTLSListen)
+	diff("http.listen", a.HTTP.Listen, b.HTTP.Listen)
 	diff("[upstream]", a.Upstream, b.Upstream)
 	diff("[queue]", a.Queue, b.Queue)
 	diff("hostname", a.Hostname, b.Hostname)
