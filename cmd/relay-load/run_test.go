@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"io"
 	"net"
 	"net/mail"
 	"sync"
@@ -11,74 +10,34 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/require"
+
+	"relay/internal/smtptest"
 )
 
-// sink is a go-smtp server on 127.0.0.1 that keeps what it receives and refuses every
-// refuseEvery-th MAIL FROM with 451.
-type sink struct {
-	addr        string
-	refuseEvery int
-
-	mu    sync.Mutex
-	msgs  [][]byte
-	mails int
-	conns int
-}
-
-func startSink(t *testing.T, refuseEvery int) *sink {
-	k := &sink{refuseEvery: refuseEvery}
-	s := smtp.NewServer(k)
-	s.Domain = "sink.test"
-	s.ErrorLog = nopLogger{}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	k.addr = l.Addr().String()
-	go s.Serve(l)
-	t.Cleanup(func() { s.Close() })
+// startSink starts an smtptest.Sink that refuses every refuseEvery-th MAIL FROM with 451
+// (none when 0).
+func startSink(t *testing.T, refuseEvery int) *smtptest.Sink {
+	k := smtptest.Start(t)
+	if refuseEvery > 0 {
+		var mu sync.Mutex
+		mails := 0
+		k.OnMail(func(string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			mails++
+			if mails%refuseEvery == 0 {
+				return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "slow down"}
+			}
+			return nil
+		})
+	}
 	return k
 }
-
-func (k *sink) NewSession(*smtp.Conn) (smtp.Session, error) {
-	k.mu.Lock()
-	k.conns++
-	k.mu.Unlock()
-	return &sinkSession{k: k}, nil
-}
-
-type sinkSession struct{ k *sink }
-
-func (s *sinkSession) Mail(string, *smtp.MailOptions) error {
-	s.k.mu.Lock()
-	defer s.k.mu.Unlock()
-	s.k.mails++
-	if s.k.refuseEvery > 0 && s.k.mails%s.k.refuseEvery == 0 {
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "slow down"}
-	}
-	return nil
-}
-func (s *sinkSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
-func (s *sinkSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	s.k.mu.Lock()
-	s.k.msgs = append(s.k.msgs, b)
-	s.k.mu.Unlock()
-	return nil
-}
-func (s *sinkSession) Reset()        {}
-func (s *sinkSession) Logout() error { return nil }
-
-type nopLogger struct{}
-
-func (nopLogger) Printf(string, ...interface{}) {}
-func (nopLogger) Println(...interface{})        {}
 
 func TestRunDelivers(t *testing.T) {
 	k := startSink(t, 0)
 	var out, errb bytes.Buffer
-	code := run([]string{"-addr", k.addr, "-n", "50", "-c", "4", "-size", "2048", "-json",
+	code := run([]string{"-addr", k.Addr, "-n", "50", "-c", "4", "-size", "2048", "-json",
 		"-header-from", "Alice <alice@gmail.com>"}, &out, &errb)
 	require.Equal(t, 0, code, errb.String())
 
@@ -92,14 +51,13 @@ func TestRunDelivers(t *testing.T) {
 	require.LessOrEqual(t, r.P50ms, r.P90ms)
 	require.LessOrEqual(t, r.P90ms, r.P99ms)
 
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	require.Len(t, k.msgs, 50, "all 50 arrive")
-	require.Equal(t, 4, k.conns, "each session is reused")
+	msgs := k.Messages()
+	require.Len(t, msgs, 50, "all 50 arrive")
+	require.Equal(t, 4, k.Conns(), "each session is reused")
 	require.Equal(t, 4, r.Connections)
-	for _, m := range k.msgs {
-		require.Len(t, m, 2048)
-		msg, err := mail.ReadMessage(bytes.NewReader(m))
+	for _, m := range msgs {
+		require.Len(t, m.Data, 2048)
+		msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
 		require.NoError(t, err)
 		require.Equal(t, "Alice <alice@gmail.com>", msg.Header.Get("From"))
 	}
@@ -108,16 +66,14 @@ func TestRunDelivers(t *testing.T) {
 func TestRunReportsErrors(t *testing.T) {
 	k := startSink(t, 5) // every 5th MAIL: 451
 	var out, errb bytes.Buffer
-	code := run([]string{"-addr", k.addr, "-n", "20", "-c", "2", "-size", "1000"}, &out, &errb)
+	code := run([]string{"-addr", k.Addr, "-n", "20", "-c", "2", "-size", "1000"}, &out, &errb)
 	require.Equal(t, 1, code, "failures make the exit status 1")
 	require.Contains(t, out.String(), "ok 16, failed 4")
 	require.Contains(t, out.String(), "errors: 451=4")
 	require.Contains(t, out.String(), "msg/s")
 	require.Contains(t, out.String(), "latency: p50 ")
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	require.Len(t, k.msgs, 16)
-	require.Equal(t, 2, k.conns, "a refusal does not cost the session")
+	require.Len(t, k.Messages(), 16)
+	require.Equal(t, 2, k.Conns(), "a refusal does not cost the session")
 }
 
 func TestRunConnectionErrors(t *testing.T) {

@@ -2,36 +2,12 @@ package deliver
 
 import (
 	"bytes"
-	"io"
-	"net"
 	"testing"
 
-	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/require"
+
+	"relay/internal/smtptest"
 )
-
-// sink is a go-smtp backend that accepts and discards everything.
-type sink struct{}
-
-func (sink) NewSession(*smtp.Conn) (smtp.Session, error) { return sinkSession{}, nil }
-func (sinkSession) Mail(string, *smtp.MailOptions) error { return nil }
-func (sinkSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
-func (sinkSession) Data(r io.Reader) error               { _, err := io.Copy(io.Discard, r); return err }
-func (sinkSession) Reset()                               {}
-func (sinkSession) Logout() error                        { return nil }
-
-type sinkSession struct{}
-
-func startSink(b *testing.B) string {
-	s := smtp.NewServer(sink{})
-	s.Domain = "sink.test"
-	s.ErrorLog = discardLogger{}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(b, err)
-	go s.Serve(l)
-	b.Cleanup(func() { s.Close() })
-	return l.Addr().String()
-}
 
 // BenchmarkPoolSend sends 10 KB messages over reused connections to a server that discards
 // them: the cost of our side of a transaction (MAIL, RCPT, DATA, dot-stuffing) plus loopback.
@@ -45,7 +21,7 @@ func BenchmarkPoolSend(b *testing.B) {
 		{name: "8conns-parallel", conns: 8, parallel: true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			cfg := testConfig(startSink(b))
+			cfg := testConfig(smtptest.Start(b, smtptest.Discard()).Addr)
 			cfg.Upstream.MaxConnections = bc.conns
 			p, err := NewPool(cfg, nil)
 			require.NoError(b, err)

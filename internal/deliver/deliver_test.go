@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"relay/internal/config"
+	"relay/internal/smtptest"
 )
 
 func TestErrorSMTPReply(t *testing.T) {
@@ -79,7 +80,7 @@ func TestNew(t *testing.T) {
 }
 
 func TestDirect(t *testing.T) {
-	refuse := map[string]*smtp.SMTPError{
+	refusals := map[string]*smtp.SMTPError{
 		"bad@dest.example":  {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"},
 		"full@dest.example": {Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "mailbox full"},
 	}
@@ -99,13 +100,13 @@ func TestDirect(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := startUpstream(t)
-			u.set(func(u *upstream) { u.failRcpt = refuse })
+			u.RejectRcpts(refusals)
 			d := &Direct{Sender: newPool(t, u, nil)}
 
 			err := d.Submit(t.Context(), "MSGID", "app@customer.example", tc.to, testMessage(1))
 			if tc.code == 0 {
 				require.NoError(t, err)
-				require.Len(t, u.messages(), 1)
+				require.Len(t, u.Messages(), 1)
 				return
 			}
 			var e *Error
@@ -114,15 +115,13 @@ func TestDirect(t *testing.T) {
 			code, _, reply := e.SMTPReply()
 			require.Equal(t, tc.code, code)
 			require.Equal(t, tc.reply, reply)
-			require.Empty(t, u.messages(), "all or nothing: nobody gets it")
-			u.mu.Lock()
-			require.Zero(t, u.datas, "aborted before DATA")
-			u.mu.Unlock()
+			require.Empty(t, u.Messages(), "all or nothing: nobody gets it")
+			require.Zero(t, u.Stats().Bodies, "aborted before DATA")
 
 			// The aborted transaction was reset: the connection delivers the next one.
 			require.NoError(t, d.Submit(t.Context(), "NEXT", "app@customer.example", []string{"a@dest.example"}, testMessage(2)))
-			require.Len(t, u.messages(), 1)
-			accepted, _ := u.counts()
+			require.Len(t, u.Messages(), 1)
+			accepted := u.Stats().Conns
 			require.Equal(t, 1, accepted)
 		})
 	}
@@ -130,9 +129,7 @@ func TestDirect(t *testing.T) {
 
 func TestDirectTransactionError(t *testing.T) {
 	u := startUpstream(t)
-	u.set(func(u *upstream) {
-		u.failData = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "spam"}
-	})
+	u.OnData(refuse[smtptest.Message](&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "spam"}))
 	d := &Direct{Sender: newPool(t, u, nil)}
 	err := d.Submit(t.Context(), "MSGID", "app@customer.example", []string{"a@dest.example"}, testMessage(1))
 	var e *Error

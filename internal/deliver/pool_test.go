@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"relay/internal/config"
+	"relay/internal/smtptest"
 )
 
 func testConfig(addr string) *config.Config {
@@ -31,14 +32,14 @@ func testConfig(addr string) *config.Config {
 }
 
 // newPool returns a Pool for u that trusts u's certificate.
-func newPool(t testing.TB, u *upstream, edit func(*config.Upstream)) *Pool {
-	cfg := testConfig(u.addr)
+func newPool(t testing.TB, u *smtptest.Sink, edit func(*config.Upstream)) *Pool {
+	cfg := testConfig(u.Addr)
 	if edit != nil {
 		edit(&cfg.Upstream)
 	}
 	p, err := NewPool(cfg, nil)
 	require.NoError(t, err)
-	p.tlsConfig = &tls.Config{RootCAs: u.roots}
+	p.tlsConfig = &tls.Config{RootCAs: u.RootCAs()}
 	t.Cleanup(func() { p.Close() })
 	return p
 }
@@ -57,14 +58,14 @@ func TestPoolSendsMessage(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []RcptResult{{Rcpt: "a@dest.example", Code: 250}, {Rcpt: "b@dest.example", Code: 250}}, res)
 
-	msgs := u.messages()
+	msgs := u.Messages()
 	require.Len(t, msgs, 1)
 	require.Equal(t, "app@customer.example", msgs[0].From)
 	require.Equal(t, []string{"a@dest.example", "b@dest.example"}, msgs[0].To)
 	require.Equal(t, string(data), string(msgs[0].Data), "content must arrive byte for byte, dot-stuffing undone")
 	require.Equal(t, int64(len(data)), msgs[0].Size, "SIZE declared")
 	require.False(t, msgs[0].UTF8)
-	require.Equal(t, []string{"relay.test"}, u.helos, "EHLO with cfg.Hostname")
+	require.Equal(t, []string{"relay.test"}, u.Helos(), "EHLO with cfg.Hostname")
 }
 
 func TestPoolNullSender(t *testing.T) {
@@ -72,7 +73,7 @@ func TestPoolNullSender(t *testing.T) {
 	p := newPool(t, u, nil)
 	_, err := p.Send(t.Context(), "", []string{"a@dest.example"}, testMessage(1))
 	require.NoError(t, err)
-	require.Equal(t, "", u.messages()[0].From, "bounces go out with MAIL FROM:<>")
+	require.Equal(t, "", u.Messages()[0].From, "bounces go out with MAIL FROM:<>")
 }
 
 func TestPoolReusesConnections(t *testing.T) {
@@ -80,12 +81,12 @@ func TestPoolReusesConnections(t *testing.T) {
 		name    string
 		workers int
 		tls     string
-		opts    []upstreamOption
+		opts    []smtptest.Option
 		want    int // connections at most
 	}{
 		{name: "sequential", workers: 1, tls: "none", want: 1},
 		{name: "concurrent", workers: 8, tls: "none", want: 2},
-		{name: "starttls", workers: 8, tls: "starttls", opts: []upstreamOption{withSTARTTLS}, want: 2},
+		{name: "starttls", workers: 8, tls: "starttls", opts: []smtptest.Option{withSTARTTLS}, want: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := startUpstream(t, tc.opts...)
@@ -111,8 +112,9 @@ func TestPoolReusesConnections(t *testing.T) {
 			for err := range errs {
 				require.NoError(t, err)
 			}
-			require.Len(t, u.messages(), n)
-			accepted, maxOpen := u.counts()
+			require.Len(t, u.Messages(), n)
+			st := u.Stats()
+			accepted, maxOpen := st.Conns, st.MaxOpen
 			require.LessOrEqual(t, accepted, tc.want, "connections must be reused")
 			require.LessOrEqual(t, maxOpen, 2)
 		})
@@ -124,7 +126,7 @@ func TestPoolRespectsMaxConnections(t *testing.T) {
 	// Every DATA waits until three are in progress: the pool must reach three connections
 	// at once (else the barrier never opens) and never open a fourth.
 	b := newBarrier(3)
-	u.set(func(u *upstream) { u.barrier = b })
+	u.OnData(b.hold)
 	p := newPool(t, u, func(c *config.Upstream) { c.MaxConnections = 3 })
 
 	var wg sync.WaitGroup
@@ -136,19 +138,18 @@ func TestPoolRespectsMaxConnections(t *testing.T) {
 	}
 	wg.Wait()
 	require.True(t, b.reached(), "three sends never ran at once")
-	require.Len(t, u.messages(), 12)
-	accepted, maxOpen := u.counts()
+	require.Len(t, u.Messages(), 12)
+	st := u.Stats()
+	accepted, maxOpen := st.Conns, st.MaxOpen
 	require.Equal(t, 3, maxOpen)
 	require.LessOrEqual(t, accepted, 3)
 }
 
 func TestPoolRecipientResults(t *testing.T) {
 	u := startUpstream(t)
-	u.set(func(u *upstream) {
-		u.failRcpt = map[string]*smtp.SMTPError{
-			"bad@dest.example":  {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"},
-			"full@dest.example": {Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "mailbox full"},
-		}
+	u.RejectRcpts(map[string]*smtp.SMTPError{
+		"bad@dest.example":  {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"},
+		"full@dest.example": {Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "mailbox full"},
 	})
 	p := newPool(t, u, nil)
 
@@ -161,7 +162,7 @@ func TestPoolRecipientResults(t *testing.T) {
 		{Rcpt: "full@dest.example", Code: 452, Enhanced: [3]int{4, 2, 2}, Msg: "mailbox full"},
 		{Rcpt: "b@dest.example", Code: 250},
 	}, res)
-	msgs := u.messages()
+	msgs := u.Messages()
 	require.Len(t, msgs, 1)
 	require.Equal(t, []string{"a@dest.example", "b@dest.example"}, msgs[0].To, "delivered to exactly the accepted ones")
 
@@ -169,51 +170,49 @@ func TestPoolRecipientResults(t *testing.T) {
 	res, err = p.Send(t.Context(), "app@customer.example", []string{"bad@dest.example"}, testMessage(2))
 	require.NoError(t, err)
 	require.Equal(t, 550, res[0].Code)
-	require.Len(t, u.messages(), 1)
-	u.mu.Lock()
-	require.Equal(t, 1, u.datas, "DATA must not be sent when no recipient was accepted")
-	u.mu.Unlock()
+	require.Len(t, u.Messages(), 1)
+	require.Equal(t, 1, u.Stats().Bodies, "DATA must not be sent when no recipient was accepted")
 
 	_, err = p.Send(t.Context(), "app@customer.example", []string{"a@dest.example"}, testMessage(3))
 	require.NoError(t, err)
-	require.Len(t, u.messages(), 2)
-	accepted, _ := u.counts()
+	require.Len(t, u.Messages(), 2)
+	accepted := u.Stats().Conns
 	require.Equal(t, 1, accepted, "one connection throughout")
 }
 
 func TestPoolTransactionErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
-		set       func(u *upstream)
+		set       func(u *smtptest.Sink)
 		code      int
 		temporary bool
 		reply     string
 	}{
 		{
 			name: "4xx at MAIL",
-			set: func(u *upstream) {
-				u.failMail = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}
+			set: func(u *smtptest.Sink) {
+				u.OnMail(refuse[string](&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}))
 			},
 			code: 451, temporary: true, reply: "upstream: try later",
 		},
 		{
 			name: "5xx at MAIL",
-			set: func(u *upstream) {
-				u.failMail = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "sender refused"}
+			set: func(u *smtptest.Sink) {
+				u.OnMail(refuse[string](&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "sender refused"}))
 			},
 			code: 550, temporary: false, reply: "upstream: sender refused",
 		},
 		{
 			name: "5xx at DATA",
-			set: func(u *upstream) {
-				u.failData = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "content rejected"}
+			set: func(u *smtptest.Sink) {
+				u.OnData(refuse[smtptest.Message](&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "content rejected"}))
 			},
 			code: 554, temporary: false, reply: "upstream: content rejected",
 		},
 		{
 			name: "4xx at DATA",
-			set: func(u *upstream) {
-				u.failData = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "disk full"}
+			set: func(u *smtptest.Sink) {
+				u.OnData(refuse[smtptest.Message](&smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "disk full"}))
 			},
 			code: 452, temporary: true, reply: "upstream: disk full",
 		},
@@ -221,7 +220,7 @@ func TestPoolTransactionErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			u := startUpstream(t)
 			p := newPool(t, u, nil)
-			u.set(tc.set)
+			tc.set(u)
 
 			res, err := p.Send(t.Context(), "app@customer.example", []string{"rcpt@dest.example"}, testMessage(1))
 			require.Nil(t, res)
@@ -232,14 +231,15 @@ func TestPoolTransactionErrors(t *testing.T) {
 			code, _, msg := e.SMTPReply()
 			require.Equal(t, tc.code, code)
 			require.Equal(t, tc.reply, msg)
-			require.Empty(t, u.messages())
+			require.Empty(t, u.Messages())
 
 			// The connection survives a refusal and serves the next message.
-			u.set(func(u *upstream) { u.failMail, u.failData = nil, nil })
+			u.OnMail(nil)
+			u.OnData(nil)
 			_, err = p.Send(t.Context(), "app@customer.example", []string{"rcpt@dest.example"}, testMessage(2))
 			require.NoError(t, err)
-			require.Len(t, u.messages(), 1)
-			accepted, _ := u.counts()
+			require.Len(t, u.Messages(), 1)
+			accepted := u.Stats().Conns
 			require.Equal(t, 1, accepted)
 		})
 	}
@@ -255,17 +255,17 @@ func TestPoolConnectionDrop(t *testing.T) {
 		u := startUpstream(t)
 		p := newPool(t, u, nil)
 		require.NoError(t, send(p, 1))
-		u.set(func(u *upstream) { u.dropMail = 1 }) // the reused connection dies
+		u.OnMail(dropTimes[string](1)) // the reused connection dies
 		require.NoError(t, send(p, 2))
-		require.Len(t, u.messages(), 2)
-		accepted, _ := u.counts()
+		require.Len(t, u.Messages(), 2)
+		accepted := u.Stats().Conns
 		require.Equal(t, 2, accepted)
 	})
 
 	t.Run("before DATA, every time: one retry, then a temporary fault", func(t *testing.T) {
 		u := startUpstream(t)
 		p := newPool(t, u, nil)
-		u.set(func(u *upstream) { u.dropMail = -1 })
+		u.OnMail(dropTimes[string](-1))
 		err := send(p, 1)
 		var e *Error
 		require.ErrorAs(t, err, &e)
@@ -275,30 +275,26 @@ func TestPoolConnectionDrop(t *testing.T) {
 		require.Equal(t, 451, code)
 		require.Equal(t, [3]int{4, 4, 1}, enh)
 		require.Equal(t, "upstream unavailable", msg)
-		u.mu.Lock()
-		require.Equal(t, 2, u.mails, "exactly one retry")
-		u.mu.Unlock()
+		require.Equal(t, 2, u.Stats().Mails, "exactly one retry")
 
-		u.set(func(u *upstream) { u.dropMail = 0 })
+		u.OnMail(nil)
 		require.NoError(t, send(p, 2), "the pool recovers")
-		require.Len(t, u.messages(), 1)
+		require.Len(t, u.Messages(), 1)
 	})
 
 	t.Run("after the body: no retry, the upstream may have it", func(t *testing.T) {
 		u := startUpstream(t)
 		p := newPool(t, u, nil)
-		u.set(func(u *upstream) { u.dropData = 1 })
+		u.OnData(dropTimes[smtptest.Message](1))
 		err := send(p, 1)
 		var e *Error
 		require.ErrorAs(t, err, &e)
 		require.True(t, e.Temporary())
-		u.mu.Lock()
-		require.Equal(t, 1, u.datas, "the body must not be sent twice")
-		u.mu.Unlock()
+		require.Equal(t, 1, u.Stats().Bodies, "the body must not be sent twice")
 
 		require.NoError(t, send(p, 2), "the pool recovers")
-		require.Len(t, u.messages(), 1)
-		accepted, _ := u.counts()
+		require.Len(t, u.Messages(), 1)
+		accepted := u.Stats().Conns
 		require.Equal(t, 2, accepted)
 	})
 
@@ -306,14 +302,12 @@ func TestPoolConnectionDrop(t *testing.T) {
 		u := startUpstream(t)
 		p := newPool(t, u, nil)
 		require.NoError(t, send(p, 1))
-		u.set(func(u *upstream) {
-			u.failMail = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "idle too long"}
-		})
+		u.OnMail(refuse[string](&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "idle too long"}))
 		err := send(p, 2)
 		var e *Error
 		require.ErrorAs(t, err, &e)
 		require.Equal(t, 421, e.Code)
-		accepted, _ := u.counts()
+		accepted := u.Stats().Conns
 		require.Equal(t, 2, accepted, "a 421 connection is not reused; the retry used a new one")
 	})
 }
@@ -347,21 +341,21 @@ func TestPoolUpstreamRestart(t *testing.T) {
 	// Every DATA waits until all are in progress, so the pool ends up with conns idle
 	// connections, all opened to the upstream that is about to restart.
 	b := newBarrier(conns)
-	u.set(func(u *upstream) { u.barrier = b })
+	u.OnData(b.hold)
 	sendAll(0, conns)
 	require.True(t, b.reached(), "the sends never ran at once")
-	u.set(func(u *upstream) { u.barrier = nil })
+	u.OnData(nil)
 	require.Equal(t, conns, idle())
 
-	u.restart(t)
+	u.Restart(t)
 
 	_, err := p.Send(t.Context(), "app@customer.example", []string{"rcpt@dest.example"}, testMessage(100))
 	require.NoError(t, err, "the first message after the restart goes out on the first Send: the retry dials")
 	require.Equal(t, 1, idle(), "the idle connections from before the restart went with the broken one")
 
 	sendAll(200, 2*conns)
-	require.Len(t, u.messages(), conns+1+2*conns)
-	_, maxOpen := u.counts()
+	require.Len(t, u.Messages(), conns+1+2*conns)
+	maxOpen := u.Stats().MaxOpen
 	require.LessOrEqual(t, maxOpen, conns, "upstream.max_connections holds across the retries")
 }
 
@@ -369,19 +363,19 @@ func TestPoolTLS(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		mode    string
-		opts    []upstreamOption
+		opts    []smtptest.Option
 		trust   bool
 		wantTLS bool
 		wantErr string
 	}{
-		{name: "starttls", mode: "starttls", opts: []upstreamOption{withSTARTTLS}, trust: true, wantTLS: true},
+		{name: "starttls", mode: "starttls", opts: []smtptest.Option{withSTARTTLS}, trust: true, wantTLS: true},
 		{name: "starttls not offered", mode: "starttls", trust: true, wantErr: "STARTTLS required"},
-		{name: "starttls untrusted certificate", mode: "starttls", opts: []upstreamOption{withSTARTTLS}, wantErr: "certificate"},
-		{name: "opportunistic offered", mode: "opportunistic", opts: []upstreamOption{withSTARTTLS}, trust: true, wantTLS: true},
+		{name: "starttls untrusted certificate", mode: "starttls", opts: []smtptest.Option{withSTARTTLS}, wantErr: "certificate"},
+		{name: "opportunistic offered", mode: "opportunistic", opts: []smtptest.Option{withSTARTTLS}, trust: true, wantTLS: true},
 		{name: "opportunistic not offered", mode: "opportunistic", trust: true, wantTLS: false},
-		{name: "implicit", mode: "implicit", opts: []upstreamOption{withImplicitTLS}, trust: true, wantTLS: true},
-		{name: "implicit untrusted certificate", mode: "implicit", opts: []upstreamOption{withImplicitTLS}, wantErr: "certificate"},
-		{name: "none ignores STARTTLS", mode: "none", opts: []upstreamOption{withSTARTTLS}, trust: true, wantTLS: false},
+		{name: "implicit", mode: "implicit", opts: []smtptest.Option{withImplicitTLS}, trust: true, wantTLS: true},
+		{name: "implicit untrusted certificate", mode: "implicit", opts: []smtptest.Option{withImplicitTLS}, wantErr: "certificate"},
+		{name: "none ignores STARTTLS", mode: "none", opts: []smtptest.Option{withSTARTTLS}, trust: true, wantTLS: false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := startUpstream(t, tc.opts...)
@@ -396,15 +390,15 @@ func TestPoolTLS(t *testing.T) {
 				require.Zero(t, e.Code)
 				require.True(t, e.Temporary())
 				require.ErrorContains(t, err, tc.wantErr)
-				require.Empty(t, u.messages())
+				require.Empty(t, u.Messages())
 				return
 			}
 			require.NoError(t, err)
-			msgs := u.messages()
+			msgs := u.Messages()
 			require.Len(t, msgs, 1)
 			require.Equal(t, tc.wantTLS, msgs[0].TLS)
 			require.Equal(t, string(testMessage(1)), string(msgs[0].Data))
-			for _, h := range u.helos {
+			for _, h := range u.Helos() {
 				require.Equal(t, "relay.test", h, "every EHLO, before and after TLS, names us")
 			}
 		})
@@ -416,7 +410,7 @@ func TestPoolTLS(t *testing.T) {
 func TestPoolAuth(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
-		opts     []upstreamOption
+		opts     []smtptest.Option
 		mode     string // upstream.tls; "": none
 		user     string
 		password string
@@ -424,13 +418,13 @@ func TestPoolAuth(t *testing.T) {
 		wantErr  string
 		wantCode int // of the upstream's refusal; 0: a fault
 	}{
-		{name: "PLAIN", opts: []upstreamOption{withAuth("PLAIN")}, user: "relay", password: "secret", wantMech: "PLAIN"},
-		{name: "LOGIN", opts: []upstreamOption{withAuth("LOGIN")}, user: "relay", password: "secret", wantMech: "LOGIN"},
-		{name: "PLAIN preferred", opts: []upstreamOption{withAuth("LOGIN", "PLAIN")}, user: "relay", password: "secret", wantMech: "PLAIN"},
-		{name: "over STARTTLS", opts: []upstreamOption{withAuth("PLAIN"), withSTARTTLS}, mode: "opportunistic", user: "relay", password: "secret", wantMech: "PLAIN"},
-		{name: "wrong password", opts: []upstreamOption{withAuth("PLAIN")}, user: "relay", password: "wrong", wantErr: "AUTH"},
-		{name: "no mechanism we speak", opts: []upstreamOption{withAuth("CRAM-MD5")}, user: "relay", password: "secret", wantErr: "neither PLAIN nor LOGIN"},
-		{name: "no username configured", opts: []upstreamOption{withAuth("PLAIN")}, mode: "opportunistic", wantErr: "authenticate", wantCode: 502},
+		{name: "PLAIN", opts: []smtptest.Option{withAuth("PLAIN")}, user: "relay", password: "secret", wantMech: "PLAIN"},
+		{name: "LOGIN", opts: []smtptest.Option{withAuth("LOGIN")}, user: "relay", password: "secret", wantMech: "LOGIN"},
+		{name: "PLAIN preferred", opts: []smtptest.Option{withAuth("LOGIN", "PLAIN")}, user: "relay", password: "secret", wantMech: "PLAIN"},
+		{name: "over STARTTLS", opts: []smtptest.Option{withAuth("PLAIN"), withSTARTTLS}, mode: "opportunistic", user: "relay", password: "secret", wantMech: "PLAIN"},
+		{name: "wrong password", opts: []smtptest.Option{withAuth("PLAIN")}, user: "relay", password: "wrong", wantErr: "AUTH"},
+		{name: "no mechanism we speak", opts: []smtptest.Option{withAuth("CRAM-MD5")}, user: "relay", password: "secret", wantErr: "neither PLAIN nor LOGIN"},
+		{name: "no username configured", opts: []smtptest.Option{withAuth("PLAIN")}, mode: "opportunistic", wantErr: "authenticate", wantCode: 502},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := startUpstream(t, tc.opts...)
@@ -445,14 +439,14 @@ func TestPoolAuth(t *testing.T) {
 				require.Equal(t, tc.wantCode, e.Code, "a failed login is a fault: it waits for the operator, it does not bounce")
 				require.ErrorContains(t, err, tc.wantErr)
 				require.NotContains(t, err.Error(), "secret")
-				require.Empty(t, u.messages())
+				require.Empty(t, u.Messages())
 				return
 			}
 			require.NoError(t, err)
-			msgs := u.messages()
+			msgs := u.Messages()
 			require.Len(t, msgs, 1)
 			require.Equal(t, "relay", msgs[0].User)
-			require.Equal(t, []string{tc.wantMech}, u.authMechs)
+			require.Equal(t, []string{tc.wantMech}, loggedIn(u))
 		})
 	}
 }
@@ -464,23 +458,23 @@ func TestPoolAuthNeedsTLS(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		mode    string
-		opts    []upstreamOption
+		opts    []smtptest.Option
 		trust   bool
 		wantErr string // "": delivered
 		wantLog bool   // the one warning about credentials in clear
 		wantTLS bool   // AUTH, and the message, over TLS
 	}{
 		{name: "opportunistic, no STARTTLS", mode: "opportunistic", trust: true, wantErr: "AUTH not sent", wantLog: true},
-		{name: "opportunistic, STARTTLS fails", mode: "opportunistic", opts: []upstreamOption{withSTARTTLS}, wantErr: "certificate"},
-		{name: "opportunistic, STARTTLS", mode: "opportunistic", opts: []upstreamOption{withSTARTTLS}, trust: true, wantTLS: true},
+		{name: "opportunistic, STARTTLS fails", mode: "opportunistic", opts: []smtptest.Option{withSTARTTLS}, wantErr: "certificate"},
+		{name: "opportunistic, STARTTLS", mode: "opportunistic", opts: []smtptest.Option{withSTARTTLS}, trust: true, wantTLS: true},
 		{name: "starttls, no STARTTLS", mode: "starttls", trust: true, wantErr: "STARTTLS required"},
-		{name: "starttls", mode: "starttls", opts: []upstreamOption{withSTARTTLS}, trust: true, wantTLS: true},
-		{name: "implicit", mode: "implicit", opts: []upstreamOption{withImplicitTLS}, trust: true, wantTLS: true},
+		{name: "starttls", mode: "starttls", opts: []smtptest.Option{withSTARTTLS}, trust: true, wantTLS: true},
+		{name: "implicit", mode: "implicit", opts: []smtptest.Option{withImplicitTLS}, trust: true, wantTLS: true},
 		{name: "none sends AUTH in clear", mode: "none", trust: true},
-		{name: "none ignores STARTTLS", mode: "none", opts: []upstreamOption{withSTARTTLS}, trust: true},
+		{name: "none ignores STARTTLS", mode: "none", opts: []smtptest.Option{withSTARTTLS}, trust: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			u := startUpstream(t, append([]upstreamOption{withAuth("PLAIN", "LOGIN"), withWire}, tc.opts...)...)
+			u := startUpstream(t, append([]smtptest.Option{withAuth("PLAIN", "LOGIN"), withWire}, tc.opts...)...)
 			p := newPool(t, u, func(c *config.Upstream) {
 				c.TLS = tc.mode
 				c.Username, c.Password = "relay", "secret"
@@ -492,9 +486,7 @@ func TestPoolAuthNeedsTLS(t *testing.T) {
 			p.log = slog.New(slog.NewTextHandler(&logs, nil))
 
 			err := (&Direct{Sender: p}).Submit(t.Context(), "ID1", "app@customer.example", []string{"rcpt@dest.example"}, testMessage(1))
-			u.mu.Lock()
-			wire, tried, mails := string(u.wire), u.authTried, u.mails
-			u.mu.Unlock()
+			wire, tried, mails := string(u.Wire()), u.Auths(), u.Stats().Mails
 			plainPW := base64.StdEncoding.EncodeToString([]byte("\x00relay\x00secret"))
 			if tc.wantErr != "" {
 				var e *Error
@@ -509,17 +501,17 @@ func TestPoolAuthNeedsTLS(t *testing.T) {
 				require.NotContains(t, wire, "AUTH")
 				require.NotContains(t, wire, plainPW)
 				require.Zero(t, mails, "nothing is sent unauthenticated either")
-				require.Empty(t, u.messages())
+				require.Empty(t, u.Messages())
 			} else {
 				require.NoError(t, err)
-				require.Equal(t, []authAttempt{{Mech: "PLAIN", TLS: tc.wantTLS}}, tried)
+				require.Equal(t, []smtptest.Auth{{Mech: "PLAIN", User: "relay", TLS: tc.wantTLS, OK: true}}, tried)
 				if tc.wantTLS {
 					require.NotContains(t, wire, "AUTH", "no AUTH before TLS")
 					require.NotContains(t, wire, plainPW)
 				} else {
 					require.Contains(t, wire, "AUTH PLAIN "+plainPW, "tls = \"none\" sends AUTH as configured")
 				}
-				msgs := u.messages()
+				msgs := u.Messages()
 				require.Len(t, msgs, 1)
 				require.Equal(t, "relay", msgs[0].User)
 				require.Equal(t, tc.wantTLS, msgs[0].TLS)
@@ -531,7 +523,7 @@ func TestPoolAuthNeedsTLS(t *testing.T) {
 			lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
 			require.Len(t, lines, 1, "one log line per refused attempt")
 			require.Contains(t, lines[0], "level=WARN")
-			require.Contains(t, lines[0], "upstream="+u.addr)
+			require.Contains(t, lines[0], "upstream="+u.Addr)
 			require.Contains(t, lines[0], "credentials are never sent over a connection without TLS")
 			require.Contains(t, lines[0], `upstream.tls = \"none\"`)
 			require.NotContains(t, lines[0], "secret")
@@ -544,15 +536,15 @@ func TestPoolSMTPUTF8(t *testing.T) {
 	utf8Body := []byte("From: app@customer.example\r\nSubject: hi\r\n\r\nGrüße\r\n")
 	for _, tc := range []struct {
 		name     string
-		opts     []upstreamOption
+		opts     []smtptest.Option
 		from     string
 		data     []byte
 		wantUTF8 bool
 		wantCode int
 	}{
-		{name: "ascii", opts: []upstreamOption{withSMTPUTF8}, from: "app@customer.example", data: utf8Body, wantUTF8: false},
-		{name: "utf8 address", opts: []upstreamOption{withSMTPUTF8}, from: "jürgen@customer.example", data: testMessage(1), wantUTF8: true},
-		{name: "utf8 header", opts: []upstreamOption{withSMTPUTF8}, from: "app@customer.example", data: utf8Header, wantUTF8: true},
+		{name: "ascii", opts: []smtptest.Option{withSMTPUTF8}, from: "app@customer.example", data: utf8Body, wantUTF8: false},
+		{name: "utf8 address", opts: []smtptest.Option{withSMTPUTF8}, from: "jürgen@customer.example", data: testMessage(1), wantUTF8: true},
+		{name: "utf8 header", opts: []smtptest.Option{withSMTPUTF8}, from: "app@customer.example", data: utf8Header, wantUTF8: true},
 		{name: "utf8 header, not offered", from: "app@customer.example", data: utf8Header, wantUTF8: false},
 		{name: "utf8 address, not offered", from: "jürgen@customer.example", data: testMessage(1), wantCode: 553},
 	} {
@@ -565,11 +557,11 @@ func TestPoolSMTPUTF8(t *testing.T) {
 				require.ErrorAs(t, err, &e)
 				require.Equal(t, tc.wantCode, e.Code)
 				require.False(t, e.Temporary())
-				require.Empty(t, u.messages())
+				require.Empty(t, u.Messages())
 				return
 			}
 			require.NoError(t, err)
-			msgs := u.messages()
+			msgs := u.Messages()
 			require.Len(t, msgs, 1)
 			require.Equal(t, tc.wantUTF8, msgs[0].UTF8)
 			require.Equal(t, tc.from, msgs[0].From)
@@ -586,7 +578,7 @@ func TestPoolContext(t *testing.T) {
 
 	t.Run("deadline while the upstream is silent", func(t *testing.T) {
 		u := startUpstream(t)
-		u.block("DATA")
+		u.Stall(smtptest.StageData)
 		p := newPool(t, u, nil)
 		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 		defer cancel()
@@ -600,23 +592,21 @@ func TestPoolContext(t *testing.T) {
 
 	t.Run("cancel without a deadline", func(t *testing.T) {
 		u := startUpstream(t)
-		u.block("MAIL")
+		u.Stall(smtptest.StageMail)
 		p := newPool(t, u, nil)
 		ctx, cancel := context.WithCancel(t.Context())
 		go func() {
-			<-u.entered
+			<-u.Stalled()
 			cancel()
 		}()
 		err := send(ctx, p)
 		require.ErrorIs(t, err, context.Canceled)
-		u.mu.Lock()
-		require.Equal(t, 1, u.mails, "no retry once the context is done")
-		u.mu.Unlock()
+		require.Equal(t, 1, u.Stats().Mails, "no retry once the context is done")
 	})
 
 	t.Run("upstream.timeout per command", func(t *testing.T) {
 		u := startUpstream(t)
-		u.block("RCPT")
+		u.Stall(smtptest.StageRcpt)
 		p := newPool(t, u, func(c *config.Upstream) { c.Timeout.Duration = 200 * time.Millisecond })
 		err := send(context.Background(), p)
 		var e *Error
@@ -629,7 +619,7 @@ func TestPoolContext(t *testing.T) {
 		// go-smtp clears the deadline while the body is written; a stalled upstream must
 		// still not hold the sender for ever.
 		u := startUpstream(t)
-		u.block("BODY")
+		u.Stall(smtptest.StageBody)
 		p := newPool(t, u, func(c *config.Upstream) { c.Timeout.Duration = 300 * time.Millisecond })
 		big := append(testMessage(1), bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n"), 1<<18)...)
 		done := make(chan error, 1)
@@ -647,16 +637,16 @@ func TestPoolContext(t *testing.T) {
 
 	t.Run("deadline while waiting for a connection", func(t *testing.T) {
 		u := startUpstream(t)
-		u.block("MAIL")
+		u.Stall(smtptest.StageMail)
 		p := newPool(t, u, func(c *config.Upstream) { c.MaxConnections = 1 })
 		go send(t.Context(), p) // holds the only connection
-		<-u.entered
+		<-u.Stalled()
 		ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 		defer cancel()
 		err := send(ctx, p)
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 		require.ErrorContains(t, err, "waiting for a connection")
-		accepted, _ := u.counts()
+		accepted := u.Stats().Conns
 		require.Equal(t, 1, accepted)
 	})
 
@@ -667,7 +657,7 @@ func TestPoolContext(t *testing.T) {
 		cancel()
 		err := send(ctx, p)
 		require.ErrorIs(t, err, context.Canceled)
-		require.Empty(t, u.messages())
+		require.Empty(t, u.Messages())
 	})
 }
 
@@ -681,15 +671,15 @@ func TestPoolIdleAndClose(t *testing.T) {
 	require.NoError(t, send())
 	require.Equal(t, 0, p.closeIdle(time.Now().Add(-time.Minute)), "a fresh connection is not stale")
 	require.Equal(t, 1, p.closeIdle(time.Now().Add(time.Minute)))
-	require.Eventually(t, func() bool { return u.openConns() == 0 }, 5*time.Second, 5*time.Millisecond,
+	require.Eventually(t, func() bool { return u.Stats().Open == 0 }, 5*time.Second, 5*time.Millisecond,
 		"the upstream sees the stale connection closed")
 
 	require.NoError(t, send())
-	accepted, _ := u.counts()
+	accepted := u.Stats().Conns
 	require.Equal(t, 2, accepted, "a new connection after the idle one was closed")
 
 	require.NoError(t, p.Close())
-	require.Eventually(t, func() bool { return u.openConns() == 0 }, 5*time.Second, 5*time.Millisecond,
+	require.Eventually(t, func() bool { return u.Stats().Open == 0 }, 5*time.Second, 5*time.Millisecond,
 		"Close closes the idle connections")
 	err := send()
 	var e *Error
@@ -702,6 +692,6 @@ func TestPoolNoRecipients(t *testing.T) {
 	p := newPool(t, u, nil)
 	_, err := p.Send(t.Context(), "app@customer.example", nil, testMessage(1))
 	require.Error(t, err)
-	accepted, _ := u.counts()
+	accepted := u.Stats().Conns
 	require.Zero(t, accepted)
 }
