@@ -10,12 +10,10 @@ import (
 	"context"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"relay/internal/config"
-	"relay/internal/names"
 	"relay/internal/pipeline"
 	"relay/internal/resolver"
 	"relay/internal/server"
@@ -59,34 +57,12 @@ type Target struct {
 	Unit   string
 }
 
-// Targets are the domains cfg names, each once, in the order of the file: [sender]
-// allowed_domains, each unit's allowed_domains, [[dkim.keys]] domains, the global
-// fallback's domain, then each unit's fallback domain. "*." patterns name no domain
-// that could be checked and are left out.
+// Targets are the domains cfg names (config.NamedDomains), each checked as its unit
+// sends it.
 func Targets(cfg *config.Config) []Target {
 	var out []Target
-	seen := map[string]bool{}
-	add := func(d, unit string) {
-		if d == "" || strings.HasPrefix(d, "*.") || seen[d] {
-			return
-		}
-		seen[d] = true
-		out = append(out, Target{Domain: d, Unit: unit})
-	}
-	for _, d := range cfg.Sender.Domains {
-		add(d, "")
-	}
-	for _, u := range cfg.Units {
-		for _, d := range u.Domains {
-			add(d, u.Name)
-		}
-	}
-	for _, k := range cfg.DKIM.Keys {
-		add(k.Domain, "")
-	}
-	add(names.AddressDomain(cfg.Sender.Fallback), "")
-	for _, u := range cfg.Units {
-		add(names.AddressDomain(u.Fallback), u.Name)
+	for _, d := range cfg.NamedDomains() {
+		out = append(out, Target{Domain: d.Domain, Unit: d.Unit})
 	}
 	return out
 }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"relay/internal/config"
-	"relay/internal/names"
 	"relay/internal/preview"
 )
 
@@ -54,7 +53,7 @@ type pageData struct {
 	DisplayName string
 	Domains     []string // [sender] allowed_domains
 	Units       []unitView
-	Targets     []dnsTarget
+	Targets     []config.NamedDomain
 
 	// The preview form: its values, and the result or the error of a submitted one.
 	From, Unit string
@@ -77,10 +76,6 @@ type unitView struct {
 	Name, Fallback, DisplayName, BounceAddress string
 	Domains                                    []string
 }
-
-// dnsTarget is a domain the configuration names, with the unit whose mail uses it (the
-// targets of `relay dns` without arguments).
-type dnsTarget struct{ Domain, Unit string }
 
 type spoolView struct {
 	Depth  int
@@ -130,7 +125,7 @@ func (s *Server) page(w http.ResponseWriter, r *http.Request) {
 	d := pageData{
 		Hostname: cfg.Hostname, Mode: s.o.Mode, Fallback: cfg.Sender.Fallback,
 		DisplayName: cfg.Sender.DisplayName, Domains: cfg.Sender.AllowedDomains,
-		Targets: targets(cfg), DNSAvailable: s.o.DNS != nil,
+		Targets: cfg.NamedDomains(), DNSAvailable: s.o.DNS != nil,
 		From: q.Get("from"), Unit: q.Get("unit"),
 	}
 	for _, u := range cfg.Units {
@@ -185,38 +180,6 @@ func (s *Server) page(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
 	w.Write(buf.Bytes())
-}
-
-// targets are the domains cfg names, as `relay dns` without arguments checks them:
-// [sender] allowed_domains, each unit's allowed_domains, [[dkim.keys]] domains, the global
-// fallback's domain, each unit's fallback domain; "*." patterns name no domain to check.
-// (doctor.Targets, which this package cannot import: the doctor builds on the server.)
-func targets(cfg *config.Config) []dnsTarget {
-	var out []dnsTarget
-	seen := map[string]bool{}
-	add := func(d, unit string) {
-		if d == "" || strings.HasPrefix(d, "*.") || seen[d] {
-			return
-		}
-		seen[d] = true
-		out = append(out, dnsTarget{Domain: d, Unit: unit})
-	}
-	for _, d := range cfg.Sender.Domains {
-		add(d, "")
-	}
-	for _, u := range cfg.Units {
-		for _, d := range u.Domains {
-			add(d, u.Name)
-		}
-	}
-	for _, k := range cfg.DKIM.Keys {
-		add(k.Domain, "")
-	}
-	add(names.AddressDomain(cfg.Sender.Fallback), "")
-	for _, u := range cfg.Units {
-		add(names.AddressDomain(u.Fallback), u.Name)
-	}
-	return out
 }
 
 func ago(t time.Time) string {
