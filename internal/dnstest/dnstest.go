@@ -30,7 +30,6 @@ type Server struct {
 	servfail map[string]bool
 	delay    time.Duration // before each answer, like a resolver that is not on loopback
 
-	udp, tcp *dns.Server
 }
 
 // New starts a server on 127.0.0.1 with the given zone text (RFC 1035 master format; an
@@ -42,39 +41,9 @@ func New(t testing.TB, zone string) *Server {
 	if err := s.Load(zone); err != nil {
 		t.Fatalf("dnstest: zone: %v", err)
 	}
-	// UDP and TCP must share one port; the kernel picks the UDP one, and another test may
-	// hold the same TCP port, so try a few.
-	var pc net.PacketConn
-	var ln net.Listener
-	for try := 0; ; try++ {
-		var err error
-		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("dnstest: listen udp: %v", err)
-		}
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err == nil {
-			break
-		}
-		pc.Close()
-		if try == 20 {
-			t.Fatalf("dnstest: listen tcp on udp port %d: %v", port, err)
-		}
-	}
-	s.Addr = pc.LocalAddr().String()
-	s.udp = &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(s.serveUDP)}
-	s.tcp = &dns.Server{Listener: ln, Handler: dns.HandlerFunc(s.serveTCP)}
-	started := make(chan struct{}, 2)
-	s.udp.NotifyStartedFunc = func() { started <- struct{}{} }
-	s.tcp.NotifyStartedFunc = func() { started <- struct{}{} }
-	go s.udp.ActivateAndServe()
-	go s.tcp.ActivateAndServe()
-	<-started
-	<-started
-	t.Cleanup(func() {
-		s.udp.Shutdown()
-		s.tcp.Shutdown()
+	s.Addr = Serve(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		_, udp := w.RemoteAddr().(*net.UDPAddr)
+		s.serve(w, r, udp)
 	})
 	return s
 }
@@ -137,8 +106,47 @@ func (s *Server) SetServFail(name string, v bool) {
 	s.mu.Unlock()
 }
 
-func (s *Server) serveUDP(w dns.ResponseWriter, r *dns.Msg) { s.serve(w, r, true) }
-func (s *Server) serveTCP(w dns.ResponseWriter, r *dns.Msg) { s.serve(w, r, false) }
+// Serve starts a DNS server on 127.0.0.1, UDP and TCP on one kernel-chosen port, answering
+// every query with h, and returns its address; it stops when the test ends. New serves a
+// zone with it; tests that need answers no zone gives (servers that do not chase CNAMEs,
+// check EDNS0, or serve the RFC 7208 suite's faults) give their own handler.
+func Serve(t testing.TB, h dns.HandlerFunc) string {
+	t.Helper()
+	// UDP and TCP must share one port; the kernel picks the UDP one, and another test may
+	// hold the same TCP port, so try a few.
+	var pc net.PacketConn
+	var ln net.Listener
+	for try := 0; ; try++ {
+		var err error
+		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("dnstest: listen udp: %v", err)
+		}
+		port := pc.LocalAddr().(*net.UDPAddr).Port
+		ln, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			break
+		}
+		pc.Close()
+		if try == 20 {
+			t.Fatalf("dnstest: listen tcp on udp port %d: %v", port, err)
+		}
+	}
+	udp := &dns.Server{PacketConn: pc, Handler: h}
+	tcp := &dns.Server{Listener: ln, Handler: h}
+	started := make(chan struct{}, 2)
+	udp.NotifyStartedFunc = func() { started <- struct{}{} }
+	tcp.NotifyStartedFunc = func() { started <- struct{}{} }
+	go udp.ActivateAndServe()
+	go tcp.ActivateAndServe()
+	<-started
+	<-started
+	t.Cleanup(func() {
+		udp.Shutdown()
+		tcp.Shutdown()
+	})
+	return pc.LocalAddr().String()
+}
 
 func (s *Server) serve(w dns.ResponseWriter, r *dns.Msg, udp bool) {
 	if len(r.Question) != 1 {

@@ -168,7 +168,7 @@ func TestLookupFollowsCNAMEsAcrossQueries(t *testing.T) {
 		records[name] = []dns.RR{rr(t, name+" 300 CNAME long"+string(rune('a'+i+1))+".example.org.")}
 	}
 	var queries atomic.Int32
-	r := newResolver(t, 2*time.Second, serve(t, authoritative(records, &queries)))
+	r := newResolver(t, 2*time.Second, dnstest.Serve(t, authoritative(records, &queries)))
 	ctx := context.Background()
 
 	ans, err := r.Lookup(ctx, "a.example.org", dns.TypeTXT)
@@ -223,7 +223,7 @@ func TestLookupSendsEDNS0(t *testing.T) {
 	var sizes []uint16
 	var tcp int
 	big := strings.Repeat("x", 250)
-	addr := serve(t, func(w dns.ResponseWriter, r *dns.Msg) {
+	addr := dnstest.Serve(t, func(w dns.ResponseWriter, r *dns.Msg) {
 		mu.Lock()
 		if opt := r.IsEdns0(); opt != nil {
 			sizes = append(sizes, opt.UDPSize())

@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
 	"go.yaml.in/yaml/v3"
+	"relay/internal/dnstest"
 
 	"relay/internal/resolver"
 )
@@ -276,7 +278,7 @@ func TestRFC7208Suite(t *testing.T) {
 		slices.Sort(names)
 		t.Run(s.Description, func(t *testing.T) {
 			t.Parallel()
-			r := newResolver(t, suiteQueryTimeout, serve(t, suiteHandler(zone)))
+			r := newResolver(t, suiteQueryTimeout, dnstest.Serve(t, suiteHandler(zone)))
 			for _, name := range names {
 				tc := s.Tests[name]
 				t.Run(name, func(t *testing.T) {
