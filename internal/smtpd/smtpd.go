@@ -336,13 +336,6 @@ func (s *Server) untrack(c *conn) {
 	s.wg.Done()
 }
 
-// reply counts a reply the front end sends: its refusals (4xx, 5xx) by code.
-func (s *Server) reply(code int) {
-	if code >= 400 {
-		s.Metrics.Rejected(code)
-	}
-}
-
 // refuse answers a connection over a limit with a 421 greeting (RFC 5321 §3.1) and closes
 // it. Over implicit TLS it is closed without a word: a reply needs a TLS handshake first,
 // which is the very work the limit saves.
@@ -351,7 +344,7 @@ func (s *Server) refuse(nc net.Conn, reply *smtp.SMTPError, implicitTLS bool) {
 	if implicitTLS {
 		return
 	}
-	s.reply(reply.Code)
+	s.Metrics.Rejected(reply.Code)
 	nc.SetWriteDeadline(time.Now().Add(time.Second))
 	fmt.Fprintf(nc, "%d %d.%d.%d %s\r\n", reply.Code, reply.EnhancedCode[0], reply.EnhancedCode[1], reply.EnhancedCode[2], reply.Message)
 }
@@ -474,8 +467,9 @@ func (s *Server) newGeneration(cfg *config.Config, prev *generation) (*generatio
 		return s.newSession(g, c)
 	}))
 	// Every reply leaves through go-smtp's writeResponse, those it makes up itself too
-	// (OnReply is a hook of the patched copy): one place counts every refusal.
-	srv.OnReply = s.reply
+	// (OnReply is a hook of the patched copy): one place counts every refusal. Metrics
+	// is read at each reply: it is set after New.
+	srv.OnReply = func(code int) { s.Metrics.Rejected(code) }
 	srv.Domain = cfg.Hostname
 	srv.MaxMessageBytes = g.maxBytes
 	srv.MaxRecipients = maxRcpt
